@@ -59,3 +59,12 @@ def insightface_packs(models_dir):
     from weightgen.insightface_pack import write_packs
 
     return write_packs(models_dir)
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer():
+    """The standard CLIP BPE of SD1.x (no ComfyUI checkout needed), as the prompt code sees it."""
+    from clip_vocab import build_clip_tokenizer
+    from consistentid_core.tokenizer import HFClipBPE
+
+    return HFClipBPE(build_clip_tokenizer())
