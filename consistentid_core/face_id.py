@@ -1,0 +1,98 @@
+"""The face-ID vector: InsightFace ArcFace embedding of the reference face, as the official code takes it.
+
+Official SD1.5 behaviour (spec §2.6, quirk §10.9): ``app.get(np.array(pil_rgb_image))`` with
+det_size 640. InsightFace expects BGR, so the released model was used with the red and
+blue channels swapped for both detection and ArcFace; ``bgr_input=False`` (the default)
+reproduces that by passing our RGB array unchanged, ``bgr_input=True`` gives InsightFace
+the channel order it expects (as the SDXL script and the training data did). The face
+kept is ``faces[0]``, the highest detector score; no face gives the zero vector.
+"""
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import InputImageError, NoFaceError
+
+EMBED_DIM = 512
+ON_NO_FACE = ("error", "zero")
+DEFAULT_DET_SIZE = (640, 640)  # SD1.5 (SDXL used 512)
+
+
+@dataclass
+class FaceIDResult:
+    embedding: np.ndarray | None  # float32 [512], unit norm; None when no face was found
+    num_faces: int
+    bbox: np.ndarray | None  # x1, y1, x2, y2 in image pixels
+    score: float | None
+    index: int | None = None  # position of the kept face in the detector's list
+
+
+def _prepare(app, det_size: tuple[int, int] | None) -> None:
+    """Re-prepare the detector only for a new size; ``None`` keeps the size the app was prepared with.
+
+    ``FaceAnalysis`` does not remember its ``ctx_id``; ``ctx_id >= 0`` leaves the
+    providers chosen at load time alone, and the app's detection threshold is kept.
+    """
+    current = getattr(app, "det_size", None)
+    if det_size is None:
+        if current is not None:
+            return
+        det_size = DEFAULT_DET_SIZE
+    if current is None or tuple(current) != tuple(det_size):
+        app.prepare(ctx_id=0, det_thresh=getattr(app, "det_thresh", 0.5), det_size=tuple(det_size))
+
+
+def face_embedding(app, rgb: np.ndarray, det_size: tuple[int, int] | None = DEFAULT_DET_SIZE,
+                   bgr_input: bool = False) -> FaceIDResult:
+    """Embed the highest-scoring face of one RGB ``uint8 [H, W, 3]`` image with a ``FaceAnalysis`` app.
+
+    ``det_size=None`` keeps the detection size the app was prepared with (e.g. by a loader node).
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise InputImageError(
+            f"The face-ID image must be RGB uint8 [H, W, 3], got {rgb.dtype} {list(rgb.shape)}.",
+            "Convert it with consistentid_core.images.to_rgb_uint8 first.",
+        )
+    _prepare(app, det_size)
+    faces = app.get(np.ascontiguousarray(rgb[..., ::-1]) if bgr_input else rgb)
+    if not faces:
+        return FaceIDResult(None, 0, None, None)
+    index = max(range(len(faces)), key=lambda i: float(faces[i].det_score))
+    best = faces[index]
+    return FaceIDResult(np.asarray(best.normed_embedding, dtype=np.float32), len(faces),
+                        np.asarray(best.bbox, dtype=np.float32), float(best.det_score), index)
+
+
+def face_id_batch(app, images: list[np.ndarray], on_no_face: str = "error",
+                  det_size: tuple[int, int] | None = DEFAULT_DET_SIZE, bgr_input: bool = False) -> torch.Tensor:
+    """Face-ID vectors ``[B, 512]`` float32, one per image.
+
+    ``on_no_face``: ``"error"`` raises :class:`NoFaceError` naming the image; ``"zero"``
+    uses the zero vector, as the official code does.
+    """
+    if on_no_face not in ON_NO_FACE:
+        raise ValueError(f"on_no_face must be one of {ON_NO_FACE}, got {on_no_face!r}")
+    total = len(images)
+    rows = []
+    for number, image in enumerate(images, start=1):
+        result = face_embedding(app, image, det_size=det_size, bgr_input=bgr_input)
+        where = f"image {number} of {total}"
+        if result.embedding is None:
+            if on_no_face == "error":
+                raise NoFaceError(
+                    f"InsightFace found no face in {where} (detection size {tuple(app.det_size)}).",
+                    "Use a clear, well-lit frontal photo of one face, or set on_no_face to 'zero' to use "
+                    "the zero ID vector as the official code does.",
+                )
+            logging.warning("[ConsistentID] No face found in %s; using the zero ID vector.", where)
+            rows.append(np.zeros(EMBED_DIM, dtype=np.float32))
+            continue
+        if result.num_faces > 1:
+            box = ", ".join(f"{v:.0f}" for v in result.bbox)
+            logging.warning("[ConsistentID] %s: %d faces found; using face %d, the highest detector "
+                            "score (%.3f), box x1,y1,x2,y2 = %s.",
+                            where, result.num_faces, result.index + 1, result.score, box)
+        rows.append(result.embedding)
+    return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, EMBED_DIM)
