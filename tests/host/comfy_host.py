@@ -1,0 +1,195 @@
+"""A real ComfyUI, started headless on 127.0.0.1 with this pack in its ``custom_nodes/``.
+
+Everything the server reads or writes (custom_nodes, models, input, output, temp, user) lives
+under one ``--base-directory``, so the ComfyUI checkout itself stays untouched.
+"""
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PACK_DIR_NAME = "ComfyUI-ConsistentID"
+PACK_MODULE = f"custom_nodes.{PACK_DIR_NAME}"
+
+
+class HostError(Exception):
+    """A prompt the host refused (HTTP 400 validation) or that failed while executing."""
+
+    def __init__(self, message: str, node_id: str | None = None, node_type: str | None = None):
+        self.message = message
+        self.node_id = node_id
+        self.node_type = node_type
+        super().__init__(f"node {node_id} ({node_type}): {message}" if node_id else message)
+
+
+def host_model_files(python: str, comfyui_path: Path) -> dict[str, Path]:
+    """The cached SD1.5 and CLIP-ViT-H files, generated on first use by a Python that imports the host."""
+    code = ("import json, sys\nfrom weightgen.host_models import cached_host_models\n"
+            "print(json.dumps({k: str(v) for k, v in cached_host_models(None, sys.argv[1]).items()}))")
+    done = subprocess.run([python, "-c", code, str(comfyui_path)], cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"generating the host model files failed:\n{done.stderr[-4000:]}")
+    return {name: Path(path) for name, path in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+
+
+def write_pack_models(models_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """Run the pack's weight generators into ``models_dir``: (files written, missing generator -> reason)."""
+    import importlib
+
+    generators = {
+        "consistentid": ("write_checkpoints", {"size": "full"}),
+        "bisenet": ("write_face_parsers", {}),
+        "insightface_pack": ("write_packs", {}),
+    }
+    written, missing = {}, {}
+    for module_name, (function, kwargs) in generators.items():
+        try:
+            module = importlib.import_module(f"weightgen.{module_name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"weightgen.{module_name}":
+                raise
+            missing[module_name] = f"weightgen/{module_name}.py does not exist yet"
+            continue
+        written.update(getattr(module, function)(models_dir, **kwargs))
+    return written, missing
+
+
+def link(target: Path, link_path: Path) -> None:
+    link_path.parent.mkdir(parents=True, exist_ok=True)
+    link_path.symlink_to(target)
+
+
+class ComfyServer:
+    def __init__(self, comfyui_path: Path, python: str, base_dir: Path):
+        self.comfyui_path = Path(comfyui_path)
+        self.python = python
+        self.base_dir = Path(base_dir)
+        self.models_dir = self.base_dir / "models"
+        self.input_dir = self.base_dir / "input"
+        self.temp_dir = self.base_dir / "temp"
+        self.log_path = self.base_dir / "comfyui.log"
+        self.port = _free_port()
+        self.client_id = uuid.uuid4().hex
+        self.process: subprocess.Popen | None = None
+        self.startup_s: float | None = None
+        self.model_files: dict[str, Path] = {}
+        self.missing_generators: dict[str, str] = {}
+
+    def prepare_models(self, host_files: dict[str, Path]) -> None:
+        """Link the cached host models and generate the pack's own model files under ``models/``."""
+        for path in host_files.values():
+            link(path, self.models_dir / path.parent.name / path.name)
+        self.model_files, self.missing_generators = write_pack_models(self.models_dir)
+        self.model_files.update(host_files)
+
+    def require(self, generator: str) -> None:
+        """Skip the calling test while the pack's weight generator it needs is not written yet."""
+        if generator in self.missing_generators:
+            pytest.skip(self.missing_generators[generator])
+
+    def start(self, timeout: float = 120.0) -> None:
+        link(REPO, self.base_dir / "custom_nodes" / PACK_DIR_NAME)
+        self.input_dir.mkdir(parents=True, exist_ok=True)
+        (self.base_dir / "user").mkdir(exist_ok=True)
+        # The database is the one thing --base-directory does not move out of the checkout.
+        command = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+                   "--base-directory", str(self.base_dir),
+                   "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}"]
+        began = time.monotonic()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, cwd=self.comfyui_path, stdout=log, stderr=subprocess.STDOUT,
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        while time.monotonic() - began < timeout:
+            self._check_alive()
+            try:
+                self.get("/system_stats")
+                self.startup_s = time.monotonic() - began
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"ComfyUI did not answer /system_stats within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.log_text()[-chars:]
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=60) as reply:
+            return json.load(reply)
+
+    def post(self, path: str, payload: dict):
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return json.load(reply)
+
+    def object_info(self) -> dict:
+        return self.get("/object_info")
+
+    def pack_nodes(self) -> dict:
+        """``/object_info`` entries of the nodes whose class comes from this pack."""
+        return {name: info for name, info in self.object_info().items() if info.get("python_module") == PACK_MODULE}
+
+    def queue(self, prompt_api: dict, timeout: float = 600.0) -> dict:
+        """Run an API-format prompt to the end: its history entry (``outputs``, ``status``)."""
+        try:
+            prompt_id = self.post("/prompt", {"prompt": prompt_api, "client_id": self.client_id})["prompt_id"]
+        except urllib.error.HTTPError as err:
+            raise _validation_error(json.loads(err.read() or b"{}")) from None
+        began = time.monotonic()
+        while time.monotonic() - began < timeout:
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if entry and entry["status"].get("status_str") == "error":
+                raise _execution_error(entry["status"]["messages"])
+            if entry and entry["status"].get("completed"):
+                return entry
+            self._check_alive()
+            time.sleep(0.25)
+        raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def _check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"ComfyUI exited with code {self.process.returncode}:\n{self.log_tail()}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _validation_error(body: dict) -> HostError:
+    for node_id, node in body.get("node_errors", {}).items():
+        message = "; ".join(f"{e['message']}: {e.get('details', '')}" for e in node["errors"])
+        return HostError(message, node_id, node.get("class_type"))
+    error = body.get("error", {})
+    return HostError(f"{error.get('message', body)} {error.get('details', '')}".strip())
+
+
+def _execution_error(messages: list) -> HostError:
+    for event, data in messages:
+        if event == "execution_error":
+            return HostError(f"{data['exception_type']}: {data['exception_message']}", str(data["node_id"]),
+                             data["node_type"])
+    return HostError(f"the prompt failed without an execution_error message: {messages}")
