@@ -1,0 +1,25 @@
+"""The pack's own torch modules under the host's model management."""
+import torch
+
+import comfy.model_management
+import comfy.model_patcher
+
+_patchers: dict[int, comfy.model_patcher.ModelPatcher] = {}
+
+
+def compute_dtype() -> torch.dtype:
+    """fp16 where the host would run fp16 (as the official pipeline does on a GPU), else fp32."""
+    device = comfy.model_management.get_torch_device()
+    return torch.float16 if comfy.model_management.should_use_fp16(device) else torch.float32
+
+
+def on_device(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` loaded on the host's compute device, to be offloaded like the host's own models."""
+    patcher = _patchers.get(id(module))
+    if patcher is None:
+        patcher = comfy.model_patcher.ModelPatcher(
+            module, load_device=comfy.model_management.get_torch_device(),
+            offload_device=comfy.model_management.unet_offload_device())
+        _patchers[id(module)] = patcher
+    comfy.model_management.load_model_gpu(patcher)
+    return module
