@@ -1,2 +1,101 @@
-"""Placeholder until its issue lands."""
-NODES = []
+"""FacialEncoder: the text-only, facial and fused-negative conditionings of ConsistentID."""
+import logging
+
+import torch
+
+from comfy_api.latest import io
+
+from ..consistentid_core.checkpoint import check_arch
+from ..consistentid_core.conditioning import Embedding, facial_conditioning
+from ..consistentid_core.prompt import DEFAULT_CAPTIONS
+from ..consistentid_core.tokenizer import HFClipBPE
+from .common import CATEGORY, errors_named
+from .managed import compute_dtype, on_device
+from .types import ConsistentID, RegionEmbeds
+
+DEFAULT_NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality, blurry"
+
+
+def clip_arch(clip) -> str:
+    """"sdxl" for a CLIP-L + CLIP-G text encoder, "sd15" for CLIP-L alone (what the checkpoints pair with)."""
+    return "sdxl" if hasattr(clip.tokenizer, "clip_g") else "sd15"
+
+
+def _bpe(clip) -> dict[str, HFClipBPE]:
+    bpe = {"l": HFClipBPE(clip.tokenizer.clip_l.tokenizer, pad=clip.tokenizer.clip_l.pad_token)}
+    if hasattr(clip.tokenizer, "clip_g"):
+        bpe["g"] = HFClipBPE(clip.tokenizer.clip_g.tokenizer, pad=clip.tokenizer.clip_g.pad_token)
+    return bpe
+
+
+def _encoder(clip):
+    """Token ids per encoder → (embeddings, pooled) through the host's CLIP, weights all 1.
+
+    The ids are built by our prompt code, not ComfyUI's prompt parser, because the official
+    tokenisation reads "(" and ")" literally and cuts at 77 tokens without re-adding EOS.
+    """
+    def encode(ids):
+        tokens = {name: [[(token, 1.0) for token in row]] for name, row in ids.items()}
+        return clip.encode_from_tokens(tokens, return_pooled=True)
+    return encode
+
+
+def _conditioning(embedding: Embedding) -> list:
+    return [[embedding.embeds, {"pooled_output": embedding.pooled}]]
+
+
+class ConsistentIDFacialEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ConsistentIDFacialEncoder",
+            display_name="ConsistentID Facial Encoder",
+            category=CATEGORY,
+            description="Builds ConsistentID's three conditionings from the prompt and the face regions: "
+                        "text-only (used up to the merge step), facial (the words face, ears, eyes, nose and "
+                        "mouth of a 'Detail:' caption fused with their region features) and the negative "
+                        "(fused with empty-image features, as the official pipeline does). Feed text-only and "
+                        "facial to ConsistentID Merge Step Scheduler, the negative to the sampler.",
+            inputs=[
+                ConsistentID.Input("consistentid", tooltip="From ConsistentID Loader."),
+                io.Clip.Input("clip", tooltip="The text encoder of your SD1.5 (or SDXL) checkpoint."),
+                RegionEmbeds.Input("region_embeds", tooltip="From ConsistentID Region Embed. With several "
+                                   "reference images the first one's regions are used."),
+                io.String.Input("prompt", multiline=True, dynamic_prompts=True,
+                                default="A man, in a forest, adventuring",
+                                tooltip="What to generate. The facial caption is appended as 'Detail:…'; "
+                                        "parentheses are literal text here, not ComfyUI weights."),
+                io.String.Input("negative_prompt", multiline=True, dynamic_prompts=True, default=DEFAULT_NEGATIVE,
+                                tooltip="What to avoid. Its tokens at the facial positions are fused with "
+                                        "empty-image features, as in the official pipeline."),
+                io.String.Input("caption", multiline=True, default="", optional=True,
+                                tooltip="The facial caption whose words face, ears, eyes, nose and mouth carry "
+                                        "the region features; a region whose word is missing is dropped. Empty "
+                                        "= the official caption: '" + DEFAULT_CAPTIONS["sd15"] + "' (SD1.5)."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="text_only",
+                                       tooltip="Positive without facial features, for steps up to the merge step."),
+                io.Conditioning.Output(display_name="facial",
+                                       tooltip="Positive with the facial region features fused in."),
+                io.Conditioning.Output(display_name="negative", tooltip="The fused negative, for every step."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, consistentid, clip, region_embeds, prompt, negative_prompt, caption=None) -> io.NodeOutput:
+        with errors_named("FacialEncoder"):
+            arch = clip_arch(clip)
+            check_arch(consistentid.weights, arch, "the CLIP model")
+            if len(region_embeds) > 1:
+                logging.info("ConsistentID FacialEncoder: %d reference images, using the regions of the first.",
+                             len(region_embeds))
+            encoder = on_device(consistentid.facial_encoder(compute_dtype()))
+            with torch.no_grad():
+                result = facial_conditioning(encoder, region_embeds[0], prompt, negative_prompt, _bpe(clip),
+                                             _encoder(clip), arch, caption or None)
+            return io.NodeOutput(_conditioning(result.text_only), _conditioning(result.facial),
+                                 _conditioning(result.negative))
+
+
+NODES = [ConsistentIDFacialEncoder]

@@ -1,2 +1,171 @@
-"""Placeholder until its issue lands."""
-NODES = []
+"""Face parser loader, face parsing into regions, and CLIP features of the regions."""
+import os
+
+import cv2
+import numpy as np
+import torch
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.utils
+from comfy_api.latest import io
+
+from ..consistentid_core.errors import InputImageError
+from ..consistentid_core.images import images_from_batch
+from ..consistentid_core.parsing import load_face_parser, parse_labels
+from ..consistentid_core.regions import (CLIP_SIZE, LABEL_COLOURS, RegionFeatures, face_regions, mask_at_size,
+                                         region_pixels)
+from .clip_vision import encode_penultimate
+from .common import CATEGORY, errors_named
+from .paths import model_choices, resolve
+from .types import FaceParser, FaceRegions, RegionEmbeds
+
+PARSE_SIZES = {"512": "SD1.5", "1280": "SDXL"}
+
+_parsers: dict[tuple[str, float], comfy.model_patcher.ModelPatcher] = {}
+
+
+def load_parser_patcher(path: str) -> comfy.model_patcher.ModelPatcher:
+    """The face parser at ``path`` under the host's model management, cached until the file changes."""
+    key = (path, os.path.getmtime(path))
+    if key not in _parsers:
+        model = load_face_parser(path)
+        for stale in [k for k in _parsers if k[0] == path]:
+            del _parsers[stale]
+        _parsers[key] = comfy.model_patcher.ModelPatcher(
+            model, load_device=comfy.model_management.get_torch_device(),
+            offload_device=comfy.model_management.unet_offload_device())
+    return _parsers[key]
+
+
+class ConsistentIDFaceParserLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ConsistentIDFaceParserLoader",
+            display_name="ConsistentID Face Parser Loader",
+            category=CATEGORY,
+            description="Loads the BiSeNet face parser (19 face-part classes) that finds the face, eye, ear, nose "
+                        "and mouth regions ConsistentID encodes. Accepts ConsistentID's face_parsing.pth and "
+                        "facexlib's parsing_bisenet.pth from models/face_parsing/.",
+            inputs=[
+                io.Combo.Input("parser_name", options=model_choices("face_parsing"),
+                               tooltip="BiSeNet weights in models/face_parsing/: face_parsing.pth from the "
+                                       "ConsistentID release, or facexlib's parsing_bisenet.pth."),
+            ],
+            outputs=[FaceParser.Output(display_name="face_parser")],
+        )
+
+    @classmethod
+    def execute(cls, parser_name) -> io.NodeOutput:
+        with errors_named("FaceParserLoader"):
+            return io.NodeOutput(load_parser_patcher(resolve("face_parsing", parser_name, "face_parsing.pth")))
+
+
+def _preview(rgb: np.ndarray, label_map: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+    """The parse coloured per class over the photo (background left as is), kept regions outlined."""
+    height, width = rgb.shape[:2]
+    labels = cv2.resize(label_map, (width, height), interpolation=cv2.INTER_NEAREST)
+    colours = np.asarray(LABEL_COLOURS, dtype=np.uint8)[np.minimum(labels, len(LABEL_COLOURS) - 1)]
+    blended = cv2.addWeighted(rgb, 0.4, colours, 0.6, 0)
+    preview = np.where((labels > 0)[..., None], blended, rgb)
+    thickness = max(1, min(height, width) // 256)
+    for mask in masks:
+        contours, _ = cv2.findContours(np.uint8(mask >= 128) * 255, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(preview, contours, -1, (255, 255, 255), thickness)
+    return preview
+
+
+class ConsistentIDFaceParse(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ConsistentIDFaceParse",
+            display_name="ConsistentID Face Parse",
+            category=CATEGORY,
+            description="Parses each reference photo into face parts as the official ConsistentID does (square "
+                        "resize, BiSeNet, hole-filled masks) and keeps its regions in slot order: face, one eye, "
+                        "one ear, nose, one lip.",
+            inputs=[
+                FaceParser.Input("face_parser", tooltip="From ConsistentID Face Parser Loader."),
+                io.Image.Input("image", tooltip="Reference photo(s) of the person; each image of a batch is parsed "
+                                                "on its own."),
+                io.Combo.Input("parse_size", options=list(PARSE_SIZES), default="512",
+                               tooltip="Square size the photo is parsed at: 512 for SD1.5, 1280 for SDXL "
+                                       "(the official pipelines' values)."),
+            ],
+            outputs=[
+                FaceRegions.Output(display_name="face_regions"),
+                io.Image.Output(display_name="preview",
+                                tooltip="Face parts coloured over the photo, kept regions outlined in white."),
+                io.Mask.Output(display_name="region_masks",
+                               tooltip="The kept regions at the photo's size, in slot order, image after image "
+                                       "(one empty mask if none was found)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, face_parser, image, parse_size) -> io.NodeOutput:
+        with errors_named("FaceParse"):
+            photos = images_from_batch(image)
+            # Plain torch layers cannot run partly offloaded; the parser is 53 MB, so load it whole.
+            comfy.model_management.load_models_gpu([face_parser], force_full_load=True)
+            bar = comfy.utils.ProgressBar(len(photos))
+            regions, previews, masks = [], [], []
+            for rgb in photos:
+                found = face_regions(parse_labels(face_parser.model, rgb, int(parse_size)))
+                height, width = rgb.shape[:2]
+                at_size = [np.array(mask_at_size(mask, width, height)) for mask in found.masks.values()]
+                regions.append(found)
+                previews.append(torch.from_numpy(_preview(rgb, found.label_map, at_size)))
+                masks.extend(torch.from_numpy(mask) for mask in at_size)
+                bar.update(1)
+            if not masks:
+                masks.append(torch.zeros(photos[0].shape[:2], dtype=torch.uint8))
+            preview = torch.stack(previews).float().div_(255)
+            return io.NodeOutput(regions, preview, torch.stack(masks).float().div_(255))
+
+
+class ConsistentIDRegionEmbed(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ConsistentIDRegionEmbed",
+            display_name="ConsistentID Region Embed",
+            category=CATEGORY,
+            description="Encodes every kept face region with CLIP-ViT-H as the official ConsistentID does: the full "
+                        "photo with everything but the region black, PIL-bicubic CLIP preprocessing, penultimate "
+                        "hidden states. All regions of all images and the all-zeros uncond image run in one batch.",
+            inputs=[
+                io.ClipVision.Input("clip_vision", tooltip="CLIP-ViT-H-14-laion2B-s32B-b79K from Load CLIP Vision."),
+                io.Image.Input("image", tooltip="The same photo(s) that went into ConsistentID Face Parse."),
+                FaceRegions.Input("face_regions", tooltip="From ConsistentID Face Parse."),
+            ],
+            outputs=[RegionEmbeds.Output(display_name="region_embeds")],
+        )
+
+    @classmethod
+    def execute(cls, clip_vision, image, face_regions) -> io.NodeOutput:
+        with errors_named("RegionEmbed"):
+            photos = images_from_batch(image)
+            if len(photos) != len(face_regions):
+                raise InputImageError(
+                    f"The image batch has {len(photos)} image(s) but the face regions come from {len(face_regions)}.",
+                    "Connect the same image to ConsistentID Face Parse and to this node.",
+                )
+            bar = comfy.utils.ProgressBar(len(photos) + 1)
+            pixels = []
+            for rgb, found in zip(photos, face_regions):
+                pixels.append(region_pixels(rgb, found.masks))
+                bar.update(1)
+            # Zeros in normalised space (a mean-grey image): the official padding and uncond input.
+            features = encode_penultimate(clip_vision, torch.cat([*pixels, torch.zeros(1, 3, CLIP_SIZE, CLIP_SIZE)]))
+            bar.update(1)
+            embeds, start = [], 0
+            for found, region in zip(face_regions, pixels):
+                embeds.append(RegionFeatures(list(found.masks), features[start:start + len(region)], features[-1]))
+                start += len(region)
+            return io.NodeOutput(embeds)
+
+
+NODES = [ConsistentIDFaceParserLoader, ConsistentIDFaceParse, ConsistentIDRegionEmbed]

@@ -21,5 +21,6 @@ def on_device(module: torch.nn.Module) -> torch.nn.Module:
             module, load_device=comfy.model_management.get_torch_device(),
             offload_device=comfy.model_management.unet_offload_device())
         _patchers[id(module)] = patcher
-    comfy.model_management.load_model_gpu(patcher)
+    # Whole: under low VRAM the host would leave plain torch layers on the CPU, a device mismatch.
+    comfy.model_management.load_models_gpu([patcher], force_full_load=True)
     return module

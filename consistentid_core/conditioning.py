@@ -1,0 +1,71 @@
+"""The three prompt embeddings of a ConsistentID generation (spec §5.1 for SD1.5, §6 for SDXL).
+
+* text-only positive: the prompt without markers, used up to the merge step;
+* facial positive: the marked prompt with the facial region features fused into its marked tokens;
+* negative: the negative prompt with the *uncond* region features fused at the positive prompt's
+  marked positions (the official "fused negative", used in every step).
+
+The text encoder is passed in as a function, so the host's CLIP (with its device management,
+clip-skip and LoRAs) does the encoding and this module stays host-independent.
+"""
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from .facial_encoder import FacialEncoder
+from .prompt import CONTEXT_LENGTH, FacialPrompt, build_facial_prompt, literal_ids, standard_ids
+from .regions import RegionFeatures
+from .tokenizer import ClipBPE
+
+# token ids per text encoder ("l", and "g" for SDXL) → (embeddings [1, 77, D], pooled output)
+TextEncode = Callable[[Mapping[str, list[int]]], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Embedding:
+    embeds: torch.Tensor  # [1, 77, D]
+    pooled: torch.Tensor
+
+
+@dataclass
+class FacialConditioning:
+    text_only: Embedding
+    facial: Embedding
+    negative: Embedding
+    prompt: FacialPrompt
+
+
+def facial_conditioning(encoder: FacialEncoder, regions: RegionFeatures, prompt: str, negative_prompt: str,
+                        bpe: Mapping[str, ClipBPE], encode: TextEncode, arch: str = "sd15",
+                        caption: str | None = None) -> FacialConditioning:
+    """Encode and fuse the prompts for one reference image.
+
+    ``bpe`` holds the tokenizer of each text encoder: ``{"l": …}`` for SD1.5, ``{"l": …, "g": …}`` for
+    SDXL, whose CLIP-G half sees the marked prompt as literal text and whose text-only branch uses the
+    raw prompt (both official quirks, spec §10 item 12).
+    """
+    facial_prompt = build_facial_prompt(prompt, regions.names, bpe["l"], caption, arch)
+    marked = {"l": list(facial_prompt.clean_ids)}
+    if "g" in bpe:
+        marked["g"] = literal_ids(facial_prompt.prompt_face, bpe["g"])
+    text = prompt if arch == "sdxl" else facial_prompt.text_only
+
+    def standard(string: str) -> dict[str, list[int]]:
+        return {name: standard_ids(string, tokenizer) for name, tokenizer in bpe.items()}
+
+    cond, uncond, slot_mask = regions.slots(facial_prompt.kept_regions)
+    token_mask = torch.zeros(1, CONTEXT_LENGTH, dtype=torch.bool)
+    token_mask[0, list(facial_prompt.marked_positions)] = True
+
+    def fused(ids: Mapping[str, list[int]], features: torch.Tensor) -> Embedding:
+        embeds, pooled = encode(ids)
+        out = encoder(embeds, features[None], token_mask, slot_mask[None])
+        return Embedding(out.to(embeds.device, embeds.dtype), pooled)
+
+    return FacialConditioning(
+        text_only=Embedding(*encode(standard(text))),
+        facial=fused(marked, cond),
+        negative=fused(standard(negative_prompt), uncond),
+        prompt=facial_prompt,
+    )

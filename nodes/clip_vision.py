@@ -1,0 +1,41 @@
+"""Penultimate CLIP-ViT-H states of already-normalised pixels, through the host's CLIP_VISION."""
+import torch
+
+import comfy.model_management
+
+from ..consistentid_core.errors import ConsistentIDError
+
+HIDDEN_SIZE = 1280
+NUM_LAYERS = 32
+
+
+def _check_vit_h(clip_vision) -> None:
+    vision = getattr(getattr(clip_vision, "model", None), "vision_model", None)
+    layers = getattr(getattr(vision, "encoder", None), "layers", ())
+    width = getattr(getattr(vision, "post_layernorm", None), "weight", torch.empty(0)).shape[-1]
+    siglip = getattr(clip_vision, "return_all_hidden_states", False)
+    if vision is None or width != HIDDEN_SIZE or len(layers) != NUM_LAYERS or siglip:
+        found = (f"width {width}, {len(layers)} layers" if vision is not None
+                 else type(getattr(clip_vision, "model", None)).__name__)
+        raise ConsistentIDError(
+            f"The CLIP vision model is not CLIP-ViT-H-14 ({found}); ConsistentID was trained on "
+            f"ViT-H's {HIDDEN_SIZE}-wide penultimate features.",
+            "Load CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors (the IP-Adapter SD1.5 image encoder) with "
+            "'Load CLIP Vision' from models/clip_vision/.",
+        )
+
+
+@torch.no_grad()
+def encode_penultimate(clip_vision, pixels: torch.Tensor) -> torch.Tensor:
+    """``[N, 257, 1280]`` fp32 hidden states of layer -2 (no post-LayerNorm) for normalised
+    ``[N, 3, 224, 224]`` pixels, in one batch, on the intermediate device.
+
+    The host's vision model computes in the dtype of the pixels it gets, so they are cast to
+    the model's dtype (fp16 on a GPU, like the official pipeline); on CPU fp32 is faster.
+    """
+    _check_vit_h(clip_vision)
+    comfy.model_management.load_model_gpu(clip_vision.patcher)
+    device = clip_vision.load_device
+    dtype = torch.float32 if comfy.model_management.is_device_cpu(device) else clip_vision.dtype
+    _, penultimate, _, _ = clip_vision.model(pixel_values=pixels.to(device, dtype), intermediate_output=-2)
+    return penultimate.to(comfy.model_management.intermediate_device(), torch.float32)
