@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from .attention import PROJECTIONS
 from .errors import ModelMismatchError, WeightFileError
 from .facial_encoder import FacialEncoder
 from .projection import ProjPlus
@@ -28,7 +29,6 @@ _SECTION_ALIASES = {"image_proj_model": "image_proj"}
 RELEASE_FILES = {"sd15": "ConsistentID-v1.bin", "sdxl": "ConsistentID_SDXL-v1.bin"}
 DOWNLOAD = "https://huggingface.co/JackAILab/ConsistentID"
 RELEASE_LORA_RANK = 128
-_LORA = ("to_q_lora", "to_k_lora", "to_v_lora", "to_out_lora")
 _LISTED = 10  # keys named per problem in an error message
 
 
@@ -89,7 +89,7 @@ def expected_adapter_shapes(arch: str, rank: int, cross_attention_dim: int | Non
     for p in PROCESSORS[arch]:
         h = p.hidden_size
         context = c if p.kind == "cross" else h
-        for name in _LORA:
+        for _, name in PROJECTIONS:
             shapes[f"{p.index}.{name}.down.weight"] = (rank, context if name in ("to_k_lora", "to_v_lora") else h)
             shapes[f"{p.index}.{name}.up.weight"] = (h, rank)
         if p.kind == "cross":

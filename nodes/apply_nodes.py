@@ -1,2 +1,95 @@
-"""Placeholder until its issue lands."""
-NODES = []
+"""ConsistentIDApply: the face-ID tokens and the adapter's LoRA on a clone of the MODEL."""
+import logging
+
+import torch
+
+from comfy_api.latest import io
+
+from ..consistentid_core.errors import NoFaceError
+from ..consistentid_core.face_id import face_id_batch
+from ..consistentid_core.images import images_from_batch
+from ..consistentid_core.projection import id_tokens
+from ..consistentid_core.regions import CLIP_SIZE, clip_pixels
+from .clip_vision import encode_penultimate
+from .common import CATEGORY, errors_named
+from .managed import compute_dtype, on_device
+from .merge_step import NODES as MERGE_NODES
+from .merge_step import install_merge_wrapper
+from .types import ConsistentID, InsightFace
+from .unet_patch import apply_to_model, check_model_arch
+
+NO_FACE_CHOICES = ["error", "zero_id", "skip_id"]
+
+
+def identity_tokens(consistentid, clip_vision, insightface, photos, on_no_face: str):
+    """Cond ``[n, 4, c]`` and uncond ``[1, 4, c]`` face-ID tokens of the reference photos, or None to skip.
+
+    The official pipelines: InsightFace's ArcFace embedding (SD1.5 passes the RGB array where BGR is
+    expected; SDXL reads BGR), the whole photo's penultimate CLIP-H states, and ProjPlus; uncond tokens
+    from a zero embedding and CLIP of the all-zeros (normalised) image.
+    """
+    sdxl = consistentid.weights.arch == "sdxl"
+    try:
+        embeds = face_id_batch(insightface, photos, "zero" if on_no_face == "zero_id" else "error",
+                               det_size=None, bgr_input=sdxl)
+    except NoFaceError:
+        if on_no_face != "skip_id":
+            raise
+        logging.warning("ConsistentIDApply: no face found, the face-ID tokens are skipped (LoRA only).")
+        return None
+    pixels = torch.stack([*map(clip_pixels, photos), torch.zeros(3, CLIP_SIZE, CLIP_SIZE)])
+    hidden = encode_penultimate(clip_vision, pixels)
+    projection = on_device(consistentid.projection(compute_dtype()))
+    with torch.no_grad():
+        return id_tokens(projection, embeds, hidden[:-1], hidden[-1:], shortcut=sdxl)
+
+
+class ConsistentIDApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ConsistentIDApply",
+            display_name="ConsistentID Apply",
+            category=CATEGORY,
+            description="Patches a copy of the MODEL with ConsistentID: merges the adapter's LoRA into every "
+                        "attention layer and adds 4 face-ID tokens (ArcFace + CLIP-H of the reference photo) "
+                        "through extra cross-attention. Use its MODEL for the sampler and for ConsistentID "
+                        "Merge Step Scheduler. Face analysis runs once and is cached until the photo changes.",
+            inputs=[
+                io.Model.Input("model", tooltip="An SD1.5 (or SDXL) model; it is cloned, never changed."),
+                ConsistentID.Input("consistentid", tooltip="From ConsistentID Loader, for the same base model."),
+                io.ClipVision.Input("clip_vision", tooltip="CLIP-ViT-H-14-laion2B-s32B-b79K from Load CLIP Vision."),
+                InsightFace.Input("insightface", tooltip="From ConsistentID InsightFace Loader (or IPAdapter's "
+                                                         "InsightFace loader): buffalo_l."),
+                io.Image.Input("image", tooltip="The reference face photo. Several photos in a batch are "
+                                                "attended to together."),
+                io.Float.Input("weight", default=1.0, min=-1.0, max=3.0, step=0.05,
+                               tooltip="Strength of the face-ID tokens; 1.0 is the official value."),
+                io.Float.Input("lora_strength", default=1.0, min=-1.0, max=2.0, step=0.05,
+                               tooltip="Strength of the adapter's LoRA in the attention layers; 1.0 is the "
+                                       "official value, 0 leaves the weights alone."),
+                io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the schedule where the face-ID tokens start (official: 0)."),
+                io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the schedule where the face-ID tokens stop (official: 1)."),
+                io.Combo.Input("on_no_face", options=NO_FACE_CHOICES, default="error",
+                               tooltip="When InsightFace finds no face: stop with an error, use the official "
+                                       "zero face embedding (zero_id), or leave the face-ID tokens out (skip_id)."),
+            ],
+            outputs=[io.Model.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model, consistentid, clip_vision, insightface, image, weight, lora_strength, start_at,
+                end_at, on_no_face) -> io.NodeOutput:
+        with errors_named("ConsistentIDApply"):
+            check_model_arch(model, consistentid.weights)
+            tokens = identity_tokens(consistentid, clip_vision, insightface, images_from_batch(image), on_no_face)
+            cond, uncond = tokens if tokens is not None else (None, None)
+            patched = apply_to_model(model, consistentid.weights, cond, uncond, weight if tokens else 0.0,
+                                     start_at, end_at, lora_strength)
+            install_merge_wrapper(patched)
+            return io.NodeOutput(patched)
+
+
+NODES = [ConsistentIDApply, *MERGE_NODES]

@@ -1,0 +1,85 @@
+"""ConsistentID's UNet attention maths: LoRA merge, face-ID attention, and the official processors (spec §5.3).
+
+The official processors add ``up(down(x))`` (factor 1: no alpha, no rank scaling) to q, k, v and out of
+every attention layer, and in cross-attention add ``s · SDPA(q, W_k_ip·id, W_v_ip·id)`` over the last 4
+context tokens before ``to_out``. Merging ``W + up @ down`` is exact, because the k/v LoRA of attn2 only
+ever sees text tokens; the ID tokens are projected separately by ``to_k_ip``/``to_v_ip``.
+"""
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from .unet_layout import PROCESSORS
+
+# (UNet projection, adapter LoRA name)
+PROJECTIONS = (("to_q", "to_q_lora"), ("to_k", "to_k_lora"), ("to_v", "to_v_lora"), ("to_out.0", "to_out_lora"))
+NUM_ID_TOKENS = 4
+
+
+def lora_pair(adapter: Mapping[str, torch.Tensor], index: int, lora: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return adapter[f"{index}.{lora}.up.weight"], adapter[f"{index}.{lora}.down.weight"]
+
+
+def lora_deltas(adapter: Mapping[str, torch.Tensor], arch: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``(up, down)`` of every attention projection, keyed by the ComfyUI model state-dict key."""
+    return {
+        f"diffusion_model.{p.ldm_module}.{proj}.weight": lora_pair(adapter, p.index, lora)
+        for p in PROCESSORS[arch]
+        for proj, lora in PROJECTIONS
+    }
+
+
+def ip_weights(adapter: Mapping[str, torch.Tensor], arch: str) -> dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor]]:
+    """``(W_k_ip, W_v_ip)`` of every cross-attention, keyed like ``set_model_attn2_replace``: (block, number, index)."""
+    return {
+        (*p.block, p.transformer_index): (adapter[f"{p.index}.to_k_ip.weight"], adapter[f"{p.index}.to_v_ip.weight"])
+        for p in PROCESSORS[arch]
+        if p.kind == "cross"
+    }
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, inner = x.shape
+    return x.view(b, n, heads, inner // heads).transpose(1, 2)
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head attention of projected ``[B, N, heads·d]`` tensors, no mask, scale 1/√d."""
+    out = F.scaled_dot_product_attention(_heads(q, heads), _heads(k, heads), _heads(v, heads))
+    return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
+
+
+def ip_attention(q: torch.Tensor, k_ip: torch.Tensor, v_ip: torch.Tensor, heads: int) -> torch.Tensor:
+    """The face-ID branch: the (LoRA'd) query attends to the ID tokens alone, with its own softmax."""
+    return sdpa(q, k_ip, v_ip, heads)
+
+
+def merge_lora(weight: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    return weight + up @ down
+
+
+def consistent_attention(
+    attn: Mapping[str, torch.Tensor],
+    adapter: Mapping[str, torch.Tensor],
+    index: int,
+    hidden_states: torch.Tensor,
+    heads: int,
+    encoder_hidden_states: torch.Tensor | None = None,
+    ip_scale: float = 1.0,
+) -> torch.Tensor:
+    """An official ``Consistent_AttProcessor`` (no context) or ``Consistent_IPAttProcessor`` output, computed
+    the way the port does it: LoRA merged into a diffusers ``Attention`` state dict, ID branch before ``to_out``.
+
+    ``encoder_hidden_states`` holds the text tokens followed by the 4 ID tokens, as in the official pipeline.
+    """
+    w = {proj: merge_lora(attn[f"{proj}.weight"], *lora_pair(adapter, index, lora)) for proj, lora in PROJECTIONS}
+    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states[:, :-NUM_ID_TOKENS]
+    q = hidden_states @ w["to_q"].T
+    out = sdpa(q, context @ w["to_k"].T, context @ w["to_v"].T, heads)
+    if encoder_hidden_states is not None:
+        ids = encoder_hidden_states[:, -NUM_ID_TOKENS:]
+        k_ip = ids @ adapter[f"{index}.to_k_ip.weight"].T
+        v_ip = ids @ adapter[f"{index}.to_v_ip.weight"].T
+        out = out + ip_scale * ip_attention(q, k_ip, v_ip, heads)
+    return out @ w["to_out.0"].T + attn["to_out.0.bias"]

@@ -1,0 +1,288 @@
+"""The UNet patch and the merge-step switch inside a real ComfyUI, imported in-process from ``COMFYUI_PATH``.
+
+Run with the host's Python, e.g. ``COMFYUI_PATH=/work/ComfyUI /work/comfy-venv/bin/python -m pytest
+tests/host/test_unet_patch.py``. The UNet is the full-size random SD1.5 of ``weightgen.host_models``; the
+merge-step runs replace it by a model function that records the conditioning and returns zeros, so many
+samplers and schedulers stay fast on a CPU.
+"""
+import collections
+import copy
+import importlib
+import logging
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+PACK = "consistentid_pack_under_test"
+TEXT, FACIAL, NEGATIVE = 1.0, 2.0, -1.0  # fill values of the three conditionings, read back as fingerprints
+
+
+@pytest.fixture(scope="module")
+def host():
+    path = os.environ.get("COMFYUI_PATH")
+    if not path:
+        pytest.skip("COMFYUI_PATH is not set: in-process host tests need a ComfyUI checkout")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    try:
+        from comfy.cli_args import args
+
+        args.cpu = True
+        import comfy.model_management
+        import comfy.sample
+        import comfy.sd
+    except ImportError as err:
+        pytest.skip(f"this Python cannot import the ComfyUI at {path} ({err}); run with the host's Python")
+
+    return types.SimpleNamespace(path=path, mm=comfy.model_management, sample=comfy.sample, sd=comfy.sd)
+
+
+@pytest.fixture(scope="module")
+def pack(host):
+    """``nodes.unet_patch`` and ``nodes.merge_step`` imported as the host would, through the pack's package,
+    without running its ``__init__`` files (they register every node of the pack)."""
+    for name, folder in ((PACK, REPO), (f"{PACK}.nodes", REPO / "nodes")):
+        if name not in sys.modules:
+            module = types.ModuleType(name)
+            module.__path__ = [str(folder)]
+            sys.modules[name] = module
+    load = lambda name: importlib.import_module(f"{PACK}.{name}")  # noqa: E731
+    return types.SimpleNamespace(unet_patch=load("nodes.unet_patch"), merge_step=load("nodes.merge_step"),
+                                 checkpoint=load("consistentid_core.checkpoint"),
+                                 errors=load("consistentid_core.errors"), layout=load("consistentid_core.unet_layout"),
+                                 attention=load("consistentid_core.attention"))
+
+
+@pytest.fixture(scope="module")
+def base(host):
+    """The caller's MODEL: a full-size random SD1.5 UNet as ModelPatcher."""
+    from safetensors import safe_open
+    from weightgen.host_models import cached_host_models
+
+    path = cached_host_models(None, Path(host.path))["sd15_checkpoint"]
+    with safe_open(path, "pt") as f:
+        sd = {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.diffusion_model.")}
+    model = host.sd.load_diffusion_model_state_dict(sd)
+    assert type(model.model.model_config).__name__ == "SD15"
+    return model
+
+
+def _weights(pack, arch="sd15", rank=4, seed=0, with_adapter=True):
+    """A ConsistentIDWeights with real hidden sizes and a small LoRA rank (the merge does not depend on it)."""
+    g = torch.Generator().manual_seed(seed)
+    c = pack.layout.CROSS_ATTENTION_DIM[arch]
+    rand = lambda *shape: torch.randn(*shape, generator=g) * 0.02  # noqa: E731
+    adapter = {}
+    for p in pack.layout.PROCESSORS[arch] if with_adapter else ():
+        h, kv_in = p.hidden_size, c if p.kind == "cross" else p.hidden_size
+        for lora, fan_in in (("to_q_lora", h), ("to_k_lora", kv_in), ("to_v_lora", kv_in), ("to_out_lora", h)):
+            adapter[f"{p.index}.{lora}.down.weight"] = rand(rank, fan_in)
+            adapter[f"{p.index}.{lora}.up.weight"] = rand(h, rank)
+        if p.kind == "cross":
+            adapter[f"{p.index}.to_k_ip.weight"] = rand(h, c)
+            adapter[f"{p.index}.to_v_ip.weight"] = rand(h, c)
+    return pack.checkpoint.ConsistentIDWeights(
+        path=f"/models/consistentid/{pack.checkpoint.RELEASE_FILES[arch]}", arch=arch, facial_encoder={},
+        image_proj={}, adapter=adapter, cross_attention_dim=c, lora_rank=rank)
+
+
+def _tokens(c=768, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 4, c, generator=g), torch.randn(1, 4, c, generator=g)
+
+
+def _fingerprints(module: torch.nn.Module) -> dict[str, float]:
+    # A float64 sum over every 61st value: deterministic for the same values, moved by any dense LoRA delta,
+    # and cheap enough for 860 M parameters on a CPU.
+    return {k: torch.sum(v.detach().flatten()[::61], dtype=torch.float64).item()
+            for k, v in module.state_dict().items()}
+
+
+def _cond(value: float, c: int = 768) -> list:
+    return [[torch.full((1, 77, c), value), {}]]
+
+
+def _sample(host, model, positive, steps=1, sampler="euler", scheduler="normal", batch=1, **kwargs):
+    latent = torch.zeros(batch, 4, 8, 8)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
+    return host.sample.sample(model, noise, steps, 5.0, sampler, scheduler, positive, _cond(NEGATIVE), latent,
+                              disable_pbar=True, seed=0, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- UNet patch
+
+def test_patch_picks_cond_or_uncond_tokens_per_batch_chunk(host, pack):
+    from comfy.ldm.modules.attention import optimized_attention
+
+    g = torch.Generator().manual_seed(0)
+    k_ip, v_ip = torch.randn(2, 4, 8, generator=g), torch.randn(2, 4, 8, generator=g)
+    q, k, v = torch.randn(4, 6, 8, generator=g), torch.randn(4, 3, 8, generator=g), torch.randn(4, 3, 8, generator=g)
+    options = {"n_heads": 2, "attn_precision": None, "cond_or_uncond": [1, 0], "sigmas": torch.tensor([5.0, 5.0])}
+    patch = pack.unet_patch.FaceIDAttention((k_ip, v_ip), 0.7, None)
+    # Chunk 0 is the negative (rows 0-1), chunk 1 the positive (rows 2-3).
+    rows = torch.tensor([1, 1, 0, 0])
+    expected = optimized_attention(q, k, v, 2) + 0.7 * pack.attention.ip_attention(q, k_ip[rows], v_ip[rows], 2)
+    torch.testing.assert_close(patch(q, k, v, options), expected)
+
+    outside = pack.unet_patch.FaceIDAttention((k_ip, v_ip), 0.7, (4.0, 1.0))
+    torch.testing.assert_close(outside(q, k, v, options), optimized_attention(q, k, v, 2))
+    inside = pack.unet_patch.FaceIDAttention((k_ip, v_ip), 0.7, (6.0, 1.0))
+    torch.testing.assert_close(inside(q, k, v, options), expected)
+    assert copy.deepcopy(patch) is patch
+
+
+def test_sd15_adapter_on_sdxl_model_is_refused(host, pack):
+    import comfy.supported_models
+
+    sdxl_model = types.SimpleNamespace(model=types.SimpleNamespace(model_config=comfy.supported_models.SDXL(
+        {"context_dim": 2048, "model_channels": 320, "adm_in_channels": 2816, "use_linear_in_transformer": True})))
+    tokens, uncond = _tokens()
+    with pytest.raises(pack.errors.ModelMismatchError) as err:
+        pack.unet_patch.apply_to_model(sdxl_model, _weights(pack, "sd15", with_adapter=False), tokens, uncond)
+    assert "'ConsistentID-v1.bin' is an SD1.5 ConsistentID adapter, but the MODEL is SDXL." in str(err.value)
+    assert "ConsistentID_SDXL-v1.bin" in str(err.value)
+
+
+def test_sdxl_adapter_on_sd15_model_is_refused(host, pack, base):
+    tokens, uncond = _tokens(2048)
+    with pytest.raises(pack.errors.ModelMismatchError) as err:
+        pack.unet_patch.apply_to_model(base, _weights(pack, "sdxl", with_adapter=False), tokens, uncond)
+    assert "is an SDXL ConsistentID adapter, but the MODEL is SD15." in str(err.value)
+    assert "ConsistentID-v1.bin" in str(err.value)
+
+
+def test_unet_pass_lora_and_caller_untouched(host, pack, base):
+    weights = _weights(pack)
+    before = _fingerprints(base.model)
+    options_before = copy.deepcopy(base.model_options)
+    tokens, uncond = _tokens()
+    patched = pack.unet_patch.apply_to_model(base, weights, tokens, uncond)
+    assert patched is not base and base.patches == {}
+
+    attn2 = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert patched.clone().model_options["transformer_options"]["patches_replace"]["attn2"][("middle", 0, 0)] \
+        is attn2[("middle", 0, 0)]
+    fired, shapes = collections.Counter(), set()
+
+    def counting(key, patch):
+        def replace(q, k, v, extra_options):
+            fired[key] += 1
+            shapes.add((q.shape[0], tuple(sorted(extra_options["cond_or_uncond"]))))
+            return patch(q, k, v, extra_options)
+        return replace
+
+    for key in list(attn2):
+        attn2[key] = counting(key, attn2[key])
+
+    # One euler step with CFG on a latent batch of 2: one UNet pass over 2 chunks × 2 rows.
+    out = _sample(host, patched, _cond(TEXT), steps=1, batch=2)
+    assert torch.isfinite(out).all() and out.shape == (2, 4, 8, 8)
+    expected_keys = {(*p.block, p.transformer_index) for p in pack.layout.PROCESSORS["sd15"] if p.kind == "cross"}
+    assert len(expected_keys) == 16 and ("middle", 0, 0) in expected_keys
+    assert fired == {key: 1 for key in expected_keys}
+    assert shapes == {(4, (0, 1))}
+
+    # Loaded, the patched model differs from the caller's in exactly the 128 LoRA'd weights, by up @ down.
+    host.mm.load_models_gpu([patched])
+    loaded = _fingerprints(patched.model)
+    deltas = pack.attention.lora_deltas(weights.adapter, "sd15")
+    changed = {k for k in before if loaded[k] != before[k]}
+    assert changed == set(deltas) and len(changed) == 128
+    key = "diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight"
+    up, down = deltas[key]
+    merged = patched.model.state_dict()[key].float()
+    host.mm.unload_all_models()
+    torch.testing.assert_close(merged - base.model.state_dict()[key].float(), up @ down, atol=2e-6, rtol=0)
+
+    assert _fingerprints(base.model) == before
+    assert base.model_options == options_before and base.patches == {}
+
+
+def test_reference_tokens_are_attended_together_and_lora_strength_zero_skips_lora(host, pack, base):
+    weights = _weights(pack)
+    tokens = torch.cat(_tokens(seed=2))  # two reference images: [2, 4, 768]
+    _, uncond = _tokens(seed=3)
+    patched = pack.unet_patch.apply_to_model(base, weights, tokens, uncond, weight=0.5, lora_strength=0.0)
+    assert patched.patches == {}
+    patch = patched.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 1, 0)]
+    k_ip, v_ip = patch.kv
+    w_k, w_v = pack.attention.ip_weights(weights.adapter, "sd15")[("input", 1, 0)]
+    torch.testing.assert_close(k_ip[0], tokens.reshape(8, 768) @ w_k.T)
+    torch.testing.assert_close(v_ip[1], uncond[0].repeat(2, 1) @ w_v.T)
+    assert patch.weight == 0.5 and patch.sigma_range is None
+
+
+# ---------------------------------------------------------------------------------------------- merge step
+
+# Model evaluations per step of each sampler; the last step (to sigma 0) of heun and dpm_2 evaluates once.
+EVALS_PER_STEP = {"euler": 1, "dpmpp_2m": 1, "uni_pc": 1, "heun": 2, "dpm_2": 2}
+
+
+def _record_positive(model):
+    """Per model call, the fingerprints of the positive rows it received."""
+    calls = []
+
+    def wrapper(apply_model, args):
+        c, chunks = args["c"]["c_crossattn"], args["cond_or_uncond"]
+        rows = c.shape[0] // len(chunks)
+        calls.append(sorted(float(c[i * rows, 0, 0]) for i, chunk in enumerate(chunks) if chunk == 0))
+        return torch.zeros_like(args["input"])
+
+    model.set_model_unet_function_wrapper(wrapper)
+    return calls
+
+
+def _expected(sampler, sigmas, first, last, merge_step):
+    phases = []
+    for step in range(first, last):
+        evals = 1 if sigmas[step + 1] == 0 else EVALS_PER_STEP[sampler]
+        phases += [[FACIAL if step > merge_step else TEXT]] * evals
+    return phases
+
+
+def _merge_model(base, pack):
+    model = base.clone()
+    pack.merge_step.install_merge_wrapper(model)
+    return model
+
+
+@pytest.mark.parametrize("scheduler", ["normal", "karras"])
+@pytest.mark.parametrize("sampler", list(EVALS_PER_STEP))
+def test_merge_switches_after_merge_step(host, pack, base, sampler, scheduler):
+    import comfy.samplers
+
+    steps, merge_step = 6, 2
+    model = _merge_model(base, pack)
+    calls = _record_positive(model)
+    positive = pack.merge_step.merge_conditioning(_cond(TEXT), _cond(FACIAL), merge_step, steps, scheduler)
+    _sample(host, model, positive, steps=steps, sampler=sampler, scheduler=scheduler)
+    sigmas = comfy.samplers.KSampler(model, steps, "cpu", sampler, scheduler).sigmas
+    assert calls == _expected(sampler, sigmas, 0, steps, merge_step)
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpm_2"])
+def test_merge_step_counts_over_the_full_schedule_in_ksampler_advanced(host, pack, base, sampler):
+    import comfy.samplers
+
+    steps, merge_step, first, last = 8, 4, 3, 6
+    model = _merge_model(base, pack)
+    calls = _record_positive(model)
+    positive = pack.merge_step.merge_conditioning(_cond(TEXT), _cond(FACIAL), merge_step, steps, "karras")
+    _sample(host, model, positive, steps=steps, sampler=sampler, scheduler="karras", start_step=first, last_step=last)
+    sigmas = comfy.samplers.KSampler(model, steps, "cpu", sampler, "karras").sigmas
+    assert calls == _expected(sampler, sigmas, first, last, merge_step)
+
+
+def test_without_the_wrapper_only_the_text_only_prompt_is_used(host, pack, base, caplog):
+    model = base.clone()
+    calls = _record_positive(model)
+    with caplog.at_level(logging.WARNING):
+        positive = pack.merge_step.MergeStepScheduler.execute(model, _cond(TEXT), _cond(FACIAL), 1, 4, "normal")[0]
+    assert "the MODEL was not patched by ConsistentIDApply" in caplog.text
+    _sample(host, model, positive, steps=4)
+    assert calls == [[TEXT]] * 4
