@@ -10,13 +10,16 @@ def main(argv=None) -> None:
                         help="full: real shapes; unit: reduced ConsistentID shapes for fast tests")
     parser.add_argument("--comfyui", type=Path, default=None,
                         help="a ComfyUI checkout; when given, also write an SD1.5 checkpoint and a CLIP-ViT-H file")
+    parser.add_argument("--sdxl", action="store_true",
+                        help="with --size full, also write the SDXL ConsistentID checkpoint (1.7 GB)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     from . import bisenet, consistentid, insightface_pack
 
     written = {}
-    written.update(consistentid.write_checkpoints(args.models_dir, size=args.size, seed=args.seed))
+    written.update(consistentid.write_checkpoints(args.models_dir, size=args.size, seed=args.seed,
+                                                include_sdxl=args.sdxl))
     written.update(bisenet.write_face_parsers(args.models_dir, seed=args.seed))
     written.update(insightface_pack.write_packs(args.models_dir, seed=args.seed))
     if args.comfyui is not None:
