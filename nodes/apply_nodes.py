@@ -18,7 +18,7 @@ from .merge_step import install_merge_wrapper
 from .types import ConsistentID, InsightFace
 from .unet_patch import apply_to_model, check_model_arch
 
-NO_FACE_CHOICES = ["error", "zero_id", "skip_id"]
+NO_FACE_CHOICES = ["error", "zero", "skip"]
 
 
 def identity_tokens(consistentid, clip_vision, insightface, photos, on_no_face: str):
@@ -30,10 +30,10 @@ def identity_tokens(consistentid, clip_vision, insightface, photos, on_no_face: 
     """
     sdxl = consistentid.weights.arch == "sdxl"
     try:
-        embeds = face_id_batch(insightface, photos, "zero" if on_no_face == "zero_id" else "error",
+        embeds = face_id_batch(insightface, photos, "error" if on_no_face == "skip" else on_no_face,
                                det_size=None, bgr_input=sdxl)
     except NoFaceError:
-        if on_no_face != "skip_id":
+        if on_no_face != "skip":
             raise
         logging.warning("ConsistentIDApply: no face found, the face-ID tokens are skipped (LoRA only).")
         return None
@@ -74,7 +74,7 @@ class ConsistentIDApply(io.ComfyNode):
                                tooltip="Fraction of the schedule where the face-ID tokens stop (official: 1)."),
                 io.Combo.Input("on_no_face", options=NO_FACE_CHOICES, default="error",
                                tooltip="When InsightFace finds no face: stop with an error, use the official "
-                                       "zero face embedding (zero_id), or leave the face-ID tokens out (skip_id)."),
+                                       "zero face embedding (zero), or leave the face-ID tokens out (skip)."),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
@@ -85,9 +85,9 @@ class ConsistentIDApply(io.ComfyNode):
         with errors_named("ConsistentIDApply"):
             check_model_arch(model, consistentid.weights)
             tokens = identity_tokens(consistentid, clip_vision, insightface, images_from_batch(image), on_no_face)
-            cond, uncond = tokens if tokens is not None else (None, None)
-            patched = apply_to_model(model, consistentid.weights, cond, uncond, weight if tokens else 0.0,
-                                     start_at, end_at, lora_strength)
+            if tokens is None:
+                tokens, weight = (None, None), 0.0
+            patched = apply_to_model(model, consistentid.weights, *tokens, weight, start_at, end_at, lora_strength)
             install_merge_wrapper(patched)
             return io.NodeOutput(patched)
 
