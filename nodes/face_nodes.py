@@ -8,7 +8,7 @@ import torch
 import comfy.model_management
 import comfy.model_patcher
 import comfy.utils
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..consistentid_core.errors import InputImageError
 from ..consistentid_core.images import images_from_batch
@@ -85,7 +85,7 @@ class ConsistentIDFaceParse(io.ComfyNode):
             category=CATEGORY,
             description="Parses each reference photo into face parts as the official ConsistentID does (square "
                         "resize, BiSeNet, hole-filled masks) and keeps its regions in slot order: face, one eye, "
-                        "one ear, nose, one lip.",
+                        "one ear, nose, one lip. The node shows the parse over the photo.",
             inputs=[
                 FaceParser.Input("face_parser", tooltip="From ConsistentID Face Parser Loader."),
                 io.Image.Input("image", tooltip="Reference photo(s) of the person; each image of a batch is parsed "
@@ -123,7 +123,9 @@ class ConsistentIDFaceParse(io.ComfyNode):
             if not masks:
                 masks.append(torch.zeros(photos[0].shape[:2], dtype=torch.uint8))
             preview = torch.stack(previews).float().div_(255)
-            return io.NodeOutput(regions, preview, torch.stack(masks).float().div_(255))
+            # Shown on the node itself, so the regions can be checked without wiring a Preview Image.
+            return io.NodeOutput(regions, preview, torch.stack(masks).float().div_(255),
+                                 ui=ui.PreviewImage(preview, cls=cls))
 
 
 class ConsistentIDRegionEmbed(io.ComfyNode):
