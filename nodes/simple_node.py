@@ -16,7 +16,9 @@ from .paths import model_choices
 
 # Upstream models and images are wired into the expanded graph as links, not passed as values.
 LINKED = {"rawLink": True}
+# The official pipelines' face parsing and face detection sizes per base model.
 PARSE_SIZE = {"SD1.5": "512", "SDXL": "1280"}
+DET_SIZE = {"SD1.5": 640, "SDXL": 512}
 
 
 class ConsistentIDSimple(io.ComfyNode):
@@ -51,7 +53,7 @@ class ConsistentIDSimple(io.ComfyNode):
                 io.Combo.Input("provider", options=list(PROVIDERS), default="CPU",
                                tooltip="Where InsightFace runs (falls back to CPU)."),
                 io.Combo.Input("base_model", options=list(PARSE_SIZE), default="SD1.5",
-                               tooltip="The checkpoint's family; sets the face parsing size (512 / 1280)."),
+                               tooltip="The checkpoint's family; sets the official face parsing and detection sizes."),
                 io.Float.Input("weight", default=1.0, min=-1.0, max=3.0, step=0.05,
                                tooltip="Strength of the face-ID tokens (official 1.0)."),
                 io.Int.Input("merge_step", default=30, min=0, max=10000,
@@ -74,7 +76,7 @@ class ConsistentIDSimple(io.ComfyNode):
         adapter = graph.node("ConsistentIDLoader", consistentid_name=consistentid_name)
         parser = graph.node("ConsistentIDFaceParserLoader", parser_name=parser_name)
         insightface = graph.node("ConsistentIDInsightFaceLoader", pack=insightface_pack, provider=provider,
-                                 det_size=640)
+                                 det_size=DET_SIZE[base_model])
         regions = graph.node("ConsistentIDFaceParse", face_parser=parser.out(0), image=image,
                              parse_size=PARSE_SIZE[base_model])
         embeds = graph.node("ConsistentIDRegionEmbed", clip_vision=clip_vision, image=image,

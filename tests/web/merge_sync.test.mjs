@@ -1,0 +1,35 @@
+import assert from "node:assert/strict";
+import test from "node:test";
+
+import { mismatchLabel, scheduleMismatch, scheduleUpdates } from "../../web/js/merge_sync.js";
+
+const sampler = { seed: 0, steps: 20, cfg: 5, sampler_name: "euler", scheduler: "karras", denoise: 1 };
+const merge = { merge_step: 30, steps: 50, scheduler: "normal" };
+
+test("a KSampler's steps and scheduler are copied to the merge node it reads", () => {
+  assert.deepEqual(scheduleUpdates("KSampler", sampler, "ConsistentIDMergeStepScheduler", merge),
+                   { steps: 20, scheduler: "karras" });
+  assert.deepEqual(scheduleUpdates("KSamplerAdvanced", { ...sampler, steps: 50 }, "ConsistentIDSimple", merge),
+                   { scheduler: "karras" });
+});
+
+test("merge_step and the sampler's other settings are never copied", () => {
+  const updates = scheduleUpdates("KSampler", { ...sampler, merge_step: 3 }, "ConsistentIDMergeStepScheduler", merge);
+  assert.deepEqual(Object.keys(updates).sort(), ["scheduler", "steps"]);
+});
+
+test("nothing is copied when the values agree or either node is another type", () => {
+  assert.deepEqual(scheduleUpdates("KSampler", { steps: 50, scheduler: "normal" }, "ConsistentIDSimple", merge), {});
+  assert.deepEqual(scheduleUpdates("SamplerCustom", sampler, "ConsistentIDMergeStepScheduler", merge), {});
+  assert.deepEqual(scheduleUpdates("KSampler", sampler, "CLIPTextEncode", { text: "a man" }), {});
+});
+
+test("a setting missing on either side is no mismatch", () => {
+  assert.deepEqual(scheduleMismatch({ steps: 20 }, merge), { steps: 20 });
+  assert.deepEqual(scheduleMismatch(sampler, { merge_step: 30 }), {});
+});
+
+test("the mismatch label names the sampler's value, and clears when in step", () => {
+  assert.equal(mismatchLabel("steps", 20), "steps ≠ sampler (20)");
+  assert.equal(mismatchLabel("steps", undefined), undefined);
+});

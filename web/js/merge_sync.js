@@ -1,0 +1,32 @@
+// What keeps a ConsistentID merge step in line with its sampler. No ComfyUI imports, so Node's
+// test runner can load it (tests/web/merge_sync.test.mjs).
+
+// KSamplerAdvanced is the one that needs it: its start_at_step is placed in the schedule of the
+// merge node's steps and scheduler, so a mismatch silently moves the merge step.
+export const SAMPLERS = new Set(["KSampler", "KSamplerAdvanced"]);
+export const SCHEDULE_NODES = new Set(["ConsistentIDMergeStepScheduler", "ConsistentIDSimple"]);
+export const SYNCED = ["steps", "scheduler"];
+
+/** The synced settings whose values differ: `{name: samplerValue}`. */
+export function scheduleMismatch(samplerValues, nodeValues) {
+  const out = {};
+  for (const name of SYNCED) {
+    const value = samplerValues[name];
+    if (value !== undefined && name in nodeValues && nodeValues[name] !== value) out[name] = value;
+  }
+  return out;
+}
+
+/**
+ * The values to copy onto the node that feeds a sampler's positive input: `{name: value}`, empty
+ * unless the sampler is a stock KSampler and the node is a ConsistentID merge node.
+ */
+export function scheduleUpdates(samplerType, samplerValues, nodeType, nodeValues) {
+  if (!SAMPLERS.has(samplerType) || !SCHEDULE_NODES.has(nodeType)) return {};
+  return scheduleMismatch(samplerValues, nodeValues);
+}
+
+/** Widget label that flags a setting out of step with the sampler, or `undefined` for none. */
+export function mismatchLabel(name, samplerValue) {
+  return samplerValue === undefined ? undefined : `${name} ≠ sampler (${samplerValue})`;
+}
