@@ -3,10 +3,12 @@
 Everything the server reads or writes (custom_nodes, models, input, output, temp, user) lives
 under one ``--base-directory``, so the ComfyUI checkout itself stays untouched.
 """
+import base64
 import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -82,6 +84,7 @@ class ComfyServer:
         self.startup_s: float | None = None
         self.model_files: dict[str, Path] = {}
         self.missing_generators: dict[str, str] = {}
+        self.events = WebSocketEvents()
 
     def prepare_models(self, host_files: dict[str, Path]) -> None:
         """Link the cached host models and generate the pack's own model files under ``models/``."""
@@ -112,6 +115,7 @@ class ComfyServer:
             try:
                 self.get("/system_stats")
                 self.startup_s = time.monotonic() - began
+                self.events.listen(self.port, self.client_id)
                 return
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.5)
@@ -142,7 +146,8 @@ class ComfyServer:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=json.dumps(payload).encode(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as reply:
-            return json.load(reply)
+            body = reply.read()
+        return json.loads(body) if body else None
 
     def object_info(self) -> dict:
         return self.get("/object_info")
@@ -152,7 +157,8 @@ class ComfyServer:
         return {name: info for name, info in self.object_info().items() if info.get("python_module") == PACK_MODULE}
 
     def queue(self, prompt_api: dict, timeout: float = 600.0) -> dict:
-        """Run an API-format prompt to the end: its history entry (``outputs``, ``status``)."""
+        """Run an API-format prompt to the end: its history entry (``outputs``, ``status``), plus ``prompt_id``
+        and ``events``, the websocket messages of this prompt as ``(arrival time, type, data)``."""
         try:
             prompt_id = self.post("/prompt", {"prompt": prompt_api, "client_id": self.client_id})["prompt_id"]
         except urllib.error.HTTPError as err:
@@ -163,14 +169,83 @@ class ComfyServer:
             if entry and entry["status"].get("status_str") == "error":
                 raise _execution_error(entry["status"]["messages"])
             if entry and entry["status"].get("completed"):
-                return entry
+                return {**entry, "prompt_id": prompt_id, "events": self.events.of_prompt(prompt_id)}
             self._check_alive()
             time.sleep(0.25)
         raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s:\n{self.log_tail()}")
 
+    def free(self) -> None:
+        """Unload the models and drop every cached node output, so the next prompt starts cold."""
+        self.post("/free", {"unload_models": True, "free_memory": True})
+        # The worker applies the flags when it wakes up; a prompt queued before that would run first.
+        time.sleep(1.0)
+
     def _check_alive(self) -> None:
         if self.process.poll() is not None:
             raise RuntimeError(f"ComfyUI exited with code {self.process.returncode}:\n{self.log_tail()}")
+
+
+class WebSocketEvents:
+    """The server's ``/ws`` messages for one client, each stamped with its arrival time.
+
+    The stdlib has no websocket client, and the server sends only unfragmented, unmasked frames
+    without pings, so reading them takes a handshake and a frame loop.
+    """
+
+    def __init__(self):
+        self._messages: list[tuple[float, str, dict]] = []
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+
+    def listen(self, port: int, client_id: str) -> None:
+        self._sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self._sock.sendall((f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                            "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        stream = self._sock.makefile("rb")
+        status = stream.readline()
+        if b" 101 " not in status:
+            raise ConnectionError(f"the websocket handshake failed: {status!r}")
+        while stream.readline() not in (b"\r\n", b""):
+            pass
+        self._sock.settimeout(None)
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        while len(head := stream.read(2)) == 2:
+            opcode, length = head[0] & 0x0F, head[1] & 0x7F
+            if length >= 126:
+                length = int.from_bytes(stream.read(2 if length == 126 else 8), "big")
+            payload = stream.read(length)
+            if opcode == 0x8:
+                return
+            if opcode == 0x1:  # text; binary frames are preview images
+                message = json.loads(payload)
+                with self._lock:
+                    self._messages.append((time.monotonic(), message["type"], message.get("data") or {}))
+
+    def of_prompt(self, prompt_id: str, timeout: float = 10.0) -> list[tuple[float, str, dict]]:
+        """This prompt's messages, once its last one (``executing`` of no node, or an error) has arrived."""
+        began = time.monotonic()
+        while True:
+            with self._lock:
+                ours = [m for m in self._messages if m[2].get("prompt_id") == prompt_id]
+            if any(kind == "execution_error" or (kind == "executing" and data.get("node") is None)
+                   for _, kind, data in ours) or time.monotonic() - began > timeout:
+                return ours
+            time.sleep(0.05)
+
+
+def executed_nodes(events: list) -> list[str]:
+    """Ids of the nodes that ran (cached ones send no ``executing``), expanded ones included, in order."""
+    return [data["node"] for _, kind, data in events if kind == "executing" and data.get("node") is not None]
+
+
+def node_seconds(events: list) -> dict[str, float]:
+    """Wall time of each node that ran: from its ``executing`` message to the next one."""
+    starts = [(t, data.get("node")) for t, kind, data in events if kind == "executing"]
+    return {node: round(end - start, 3) for (start, node), (end, _) in zip(starts, starts[1:]) if node is not None}
 
 
 def _free_port() -> int:
