@@ -9,7 +9,7 @@ def main(argv=None) -> None:
     parser.add_argument("--size", choices=["unit", "full"], default="full",
                         help="full: real shapes; unit: reduced ConsistentID shapes for fast tests")
     parser.add_argument("--comfyui", type=Path, default=None,
-                        help="a ComfyUI checkout; when given, also write an SD1.5 checkpoint and a CLIP-ViT-H file")
+                        help="a ComfyUI checkout; when given, also write an SD1.5 checkpoint, an SD1.5 ControlNet and a CLIP-ViT-H file (run with ComfyUI's Python)")
     parser.add_argument("--sdxl", action="store_true",
                         help="with --size full, also write the SDXL ConsistentID checkpoint (1.7 GB)")
     parser.add_argument("--seed", type=int, default=0)

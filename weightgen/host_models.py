@@ -1,10 +1,11 @@
-"""Random-weight SD1.5 checkpoint and CLIP-ViT-H vision file for tests against a real ComfyUI.
+"""Random-weight SD1.5 checkpoint, SD1.5 ControlNet and CLIP-ViT-H vision file for tests against a real ComfyUI.
 
 The models are built on the ``meta`` device from the host's own classes (and, for the vision
 file, transformers with the host's ViT-H config), converted with the host's own
 ``process_*_state_dict_for_saving``, so the key layout is exactly what ComfyUI's loaders detect
-(SD15/EPS, ViT-H). Values are drawn one tensor at a time and streamed to disk: memory stays at
-the largest tensor instead of the whole 2 GB checkpoint. Needs a Python that can import the host.
+(SD15/EPS, ViT-H, and a ControlNet in the v1.1 releases' ``control_model.`` layout). Values are
+drawn one tensor at a time and streamed to disk: memory stays at the largest tensor instead of
+the whole 2 GB checkpoint. Needs a Python that can import the host.
 """
 import json
 import os
@@ -19,6 +20,7 @@ GENERATOR_VERSION = "host-models-1"
 FILES = {
     "sd15_checkpoint": Path("checkpoints/sd15_random.safetensors"),
     "clip_vision_h": Path("clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"),
+    "controlnet_sd15": Path("controlnet/control_sd15_random.safetensors"),
 }
 
 # The LDM v1-inference UNet; the host matches it to its SD15 model config.
@@ -39,8 +41,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CONSISTENTID_TEST_CACHE", Path.home() / ".cache" / "consistentid-tests"))
 
 
-def write_host_models(models_dir: Path, comfyui_path: Path, seed: int = 0) -> dict[str, Path]:
-    """Write ``checkpoints/sd15_random.safetensors`` and the ViT-H vision file under ``models_dir``."""
+def write_host_models(models_dir: Path, comfyui_path: Path, seed: int = 0,
+                      names: list[str] | None = None) -> dict[str, Path]:
+    """Write the files of :data:`FILES` (or only those in ``names``) under ``models_dir``."""
     comfyui_path = str(Path(comfyui_path).resolve())
     if comfyui_path not in sys.path:
         sys.path.insert(0, comfyui_path)
@@ -49,22 +52,27 @@ def write_host_models(models_dir: Path, comfyui_path: Path, seed: int = 0) -> di
         from comfy.cli_args import args
 
         args.cpu = True
-    out = {name: Path(models_dir) / rel for name, rel in FILES.items()}
-    _stream_safetensors(out["sd15_checkpoint"], *_sd15_layout(), seed)
-    _stream_safetensors(out["clip_vision_h"], *_vit_h_layout(comfyui_path), seed + 1)
+    layouts = {"sd15_checkpoint": _sd15_layout, "clip_vision_h": lambda: _vit_h_layout(comfyui_path),
+               "controlnet_sd15": _controlnet_layout}
+    out = {}
+    for offset, (name, layout) in enumerate(layouts.items()):
+        if names is None or name in names:
+            out[name] = Path(models_dir) / FILES[name]
+            _stream_safetensors(out[name], *layout(), seed + offset)
     return out
 
 
 def cached_host_models(cache_dir: Path | None, comfyui_path: Path, seed: int = 0) -> dict[str, Path]:
     """The host model files under ``cache_dir`` (default :func:`default_cache_dir`), written once.
 
-    Files appear only complete (written under a temporary name, then renamed), so their presence
-    means the cache is valid for this generator version.
+    Files appear only complete (written under a temporary name, then renamed), so a present file
+    is valid for this generator version; only the missing ones are written.
     """
     root = Path(cache_dir or default_cache_dir()) / f"{GENERATOR_VERSION}-seed{seed}"
     files = {name: root / rel for name, rel in FILES.items()}
-    if not all(path.is_file() for path in files.values()):
-        write_host_models(root, comfyui_path, seed)
+    missing = [name for name, path in files.items() if not path.is_file()]
+    if missing:
+        write_host_models(root, comfyui_path, seed, missing)
     return files
 
 
@@ -84,6 +92,19 @@ def _sd15_layout() -> tuple[dict[str, torch.Tensor], dict[int, str]]:
     tensors.update(config.process_vae_state_dict_for_saving(vae.state_dict(keep_vars=True)))
     tensors.update(config.process_clip_state_dict_for_saving(clip.state_dict(keep_vars=True)))
     return tensors, _init_kinds(model, vae, clip)
+
+
+def _controlnet_layout() -> tuple[dict[str, torch.Tensor], dict[int, str]]:
+    """An SD1.5 ControlNet as the v1.1 releases store it: the LDM ``ControlNet`` under ``control_model.``."""
+    from comfy import model_detection
+    from comfy.cldm.cldm import ControlNet
+
+    config = dict(model_detection.model_config_from_unet_config(dict(SD15_UNET)).unet_config)
+    config.pop("out_channels")
+    with torch.device("meta"):
+        model = ControlNet(**config, hint_channels=3, device="meta")
+    tensors = {f"control_model.{key}": value for key, value in model.state_dict(keep_vars=True).items()}
+    return tensors, _init_kinds(model)
 
 
 def _vit_h_layout(comfyui_path: str) -> tuple[dict[str, torch.Tensor], dict[int, str]]:

@@ -76,6 +76,7 @@ class ComfyServer:
         self.base_dir = Path(base_dir)
         self.models_dir = self.base_dir / "models"
         self.input_dir = self.base_dir / "input"
+        self.output_dir = self.base_dir / "output"
         self.temp_dir = self.base_dir / "temp"
         self.log_path = self.base_dir / "comfyui.log"
         self.port = _free_port()
@@ -148,6 +149,11 @@ class ComfyServer:
         with urllib.request.urlopen(request, timeout=60) as reply:
             body = reply.read()
         return json.loads(body) if body else None
+
+    def image_file(self, image: dict) -> Path:
+        """Where an image of a history entry's ``outputs`` (``filename``, ``subfolder``, ``type``) lies."""
+        folder = {"output": self.output_dir, "temp": self.temp_dir, "input": self.input_dir}[image["type"]]
+        return folder / image["subfolder"] / image["filename"]
 
     def object_info(self) -> dict:
         return self.get("/object_info")
@@ -240,6 +246,12 @@ class WebSocketEvents:
 def executed_nodes(events: list) -> list[str]:
     """Ids of the nodes that ran (cached ones send no ``executing``), expanded ones included, in order."""
     return [data["node"] for _, kind, data in events if kind == "executing" and data.get("node") is not None]
+
+
+def cached_nodes(entry: dict) -> list[str]:
+    """Ids of the prompt's nodes whose outputs the host reused (its ``execution_cached`` message)."""
+    messages = entry["status"]["messages"]
+    return [node for event, data in messages if event == "execution_cached" for node in data["nodes"]]
 
 
 def node_seconds(events: list) -> dict[str, float]:

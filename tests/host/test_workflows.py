@@ -1,0 +1,237 @@
+"""The example workflows on a real ComfyUI, queued through ``/prompt`` as the frontend would.
+
+The graphs are the API twins of ``example_workflows/`` with the generated random-weight models and a
+public-domain photo substituted, and cut down for a CPU: 64x96 px, 2 steps and merge step 0, so step 0
+samples with the text-only prompt and step 1 with the facial one. The images are noise.
+
+With ``CONSISTENTID_HOST_REPORT_DIR`` set, the basic workflow's per-node times (``node_times.json``), one
+generated image and one FaceParse preview are copied there.
+"""
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import workflows
+from comfy_host import PACK_DIR_NAME, HostError, cached_nodes, executed_nodes, node_seconds
+from PIL import Image
+from workflows import load_api, node_ids, set_inputs
+
+pytestmark = pytest.mark.host
+
+WIDTH, HEIGHT, STEPS, MERGE_STEP = 64, 96, 2, 0
+PHOTO = "astronaut.png"
+INPAINT_TARGET = "inpaint_target.png"
+BASIC, INPAINT, CONTROLNET, ALL_IN_ONE = workflows.DEFINITIONS
+# Nodes that analyse the reference face: none may run again when only the seed or the prompt changes.
+FACE_ANALYSIS = ["CLIPVisionLoader", "ConsistentIDFaceParserLoader", "ConsistentIDInsightFaceLoader",
+                 "ConsistentIDFaceParse", "ConsistentIDRegionEmbed", "ConsistentIDApply"]
+
+
+def _report_dir() -> Path | None:
+    path = os.environ.get("CONSISTENTID_HOST_REPORT_DIR")
+    return Path(path) if path else None
+
+
+def _ids(prompt: dict, *selectors: str) -> set[str]:
+    return {node_id for selector in selectors for node_id in node_ids(prompt, selector)}
+
+
+@pytest.fixture(scope="module")
+def server(comfy_server, images_dir):
+    for generator in ("consistentid", "bisenet", "insightface_pack"):
+        comfy_server.require(generator)
+    shutil.copy(images_dir / PHOTO, comfy_server.input_dir / PHOTO)
+    # LoadImage's mask is 1 - alpha: the transparent rectangle is the area to inpaint.
+    target = Image.open(images_dir / PHOTO).convert("RGBA").resize((WIDTH, HEIGHT))
+    alpha = np.full((HEIGHT, WIDTH), 255, np.uint8)
+    alpha[16:64, 16:48] = 0
+    target.putalpha(Image.fromarray(alpha))
+    target.save(comfy_server.input_dir / INPAINT_TARGET)
+    return comfy_server
+
+
+def tiny(server, name: str) -> dict:
+    """The API twin of an example with the generated models, the test photos and CPU sizes."""
+    prompt = load_api(name)
+    for node in prompt.values():
+        values = {"ckpt_name": server.model_files["sd15_checkpoint"].name,
+                  "control_net_name": server.model_files["controlnet_sd15"].name,
+                  "steps": STEPS, "merge_step": MERGE_STEP}
+        if node["class_type"] == "LoadImage":
+            values["image"] = PHOTO
+        if node["class_type"] == "EmptyLatentImage":
+            values.update(width=WIDTH, height=HEIGHT)
+        node["inputs"].update({key: value for key, value in values.items() if key in node["inputs"]})
+    if node_ids(prompt, "Image to inpaint"):
+        set_inputs(prompt, "Image to inpaint", image=INPAINT_TARGET)
+    return prompt
+
+
+def saved_images(server, prompt: dict, entry: dict) -> list[Path]:
+    [save] = node_ids(prompt, "SaveImage")
+    return [server.image_file(image) for image in entry["outputs"][save]["images"]]
+
+
+def check_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+    with Image.open(path) as image:
+        assert (image.size, image.mode) == (size, "RGB")
+        pixels = np.asarray(image, dtype=np.float32)
+    # A NaN decode saves as one flat colour; noise from random weights does not.
+    assert np.isfinite(pixels).all() and pixels.std() > 0
+    return pixels
+
+
+@pytest.fixture(scope="module")
+def basic_run(server):
+    """The basic example from a cold start (models unloaded, node cache empty): (prompt, history entry)."""
+    server.free()
+    prompt = tiny(server, BASIC)
+    return prompt, server.queue(prompt)
+
+
+def test_examples_use_the_official_defaults():
+    stems = {path.stem for path in workflows.UI_DIR.glob("*.json")}
+    assert stems == set(workflows.DEFINITIONS)
+    assert stems == {path.stem for path in workflows.API_DIR.glob("*.json")}
+    assert all((workflows.UI_DIR / f"{stem}.jpg").is_file() for stem in stems)
+    official = workflows.OFFICIAL
+    for stem in stems:
+        prompt = load_api(stem)
+        [sampler] = (prompt[i]["inputs"] for i in node_ids(prompt, "KSampler"))
+        assert {key: sampler[key] for key in ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")} == {
+            **{key: official[key] for key in ("seed", "steps", "cfg", "sampler_name", "scheduler")}, "denoise": 1.0}
+        for node_id in node_ids(prompt, "EmptyLatentImage"):
+            assert (prompt[node_id]["inputs"]["width"], prompt[node_id]["inputs"]["height"]) == (512, 768)
+        [merge] = (prompt[i]["inputs"] for i in _ids(prompt, "ConsistentIDMergeStepScheduler", "ConsistentIDSimple"))
+        assert (merge["merge_step"], merge["steps"], merge["scheduler"]) == (30, 50, "normal")
+        [text] = (prompt[i]["inputs"] for i in _ids(prompt, "ConsistentIDFacialEncoder", "ConsistentIDSimple"))
+        assert (text["prompt"], text["negative_prompt"]) == (workflows.PROMPT, workflows.NEGATIVE)
+        assert text["prompt"].startswith("cinematic photo,A man, in a forest, adventuring, 50mm photograph")
+
+
+def test_example_files_match_their_definitions(server):
+    object_info = server.object_info()
+    regenerate = "out of date: regenerate them with `python tests/host/workflows.py` (see its docstring)"
+    for name, graph in workflows.DEFINITIONS.items():
+        ui = json.loads((workflows.UI_DIR / f"{name}.json").read_text())
+        api = load_api(name)
+        assert ui == workflows.to_ui(graph, object_info), f"example_workflows/{name}.json is {regenerate}"
+        assert api == workflows.to_api(graph, object_info), f"tests/host/workflows/{name}.json is {regenerate}"
+        # What the frontend queues for the UI file is exactly the API twin.
+        assert workflows.ui_to_api(ui, object_info) == api
+    templates = server.get("/workflow_templates")
+    assert sorted(templates[PACK_DIR_NAME]) == sorted(workflows.DEFINITIONS)
+    served = server.get(f"/api/workflow_templates/{PACK_DIR_NAME}/{BASIC}.json")
+    assert served == json.loads((workflows.UI_DIR / f"{BASIC}.json").read_text())
+
+
+def test_basic_workflow_saves_an_image(server, basic_run):
+    prompt, entry = basic_run
+    [path] = saved_images(server, prompt, entry)
+    assert path.parent == server.output_dir
+    check_image(path, (WIDTH, HEIGHT))
+    if _report_dir():
+        shutil.copy(path, _report_dir() / "generated_basic.png")
+
+
+def test_face_parse_runs_and_saves_its_preview(server, basic_run, images_dir):
+    prompt, entry = basic_run
+    ran = executed_nodes(entry["events"])
+    assert _ids(prompt, "LoadImage", "ConsistentIDFaceParse", "ConsistentIDRegionEmbed") <= set(ran)
+    [preview_node] = node_ids(prompt, "Face parts")
+    [preview] = entry["outputs"][preview_node]["images"]
+    path = server.image_file(preview)
+    assert path.parent == server.temp_dir
+    with Image.open(images_dir / PHOTO) as photo:
+        check_image(path, photo.size)
+    if _report_dir():
+        shutil.copy(path, _report_dir() / "preview_astronaut.png")
+
+
+def test_node_times_of_the_basic_workflow(basic_run):
+    prompt, entry = basic_run
+    seconds = node_seconds(entry["events"])
+    # The run started cold, so every node ran and has a time.
+    assert not cached_nodes(entry) and set(seconds) == set(prompt)
+    stamps = {event: data["timestamp"] for event, data in entry["status"]["messages"]}
+    total = (stamps["execution_success"] - stamps["execution_start"]) / 1000
+    assert sum(seconds.values()) <= total + 1.0
+    if _report_dir():
+        times = {node_id: {"class_type": prompt[node_id]["class_type"], "title": prompt[node_id]["_meta"]["title"],
+                           "seconds": seconds[node_id]} for node_id in sorted(seconds, key=seconds.get, reverse=True)}
+        report = {"workflow": BASIC, "size": [WIDTH, HEIGHT], "steps": STEPS, "merge_step": MERGE_STEP,
+                  "device": "cpu", "total_seconds": total, "nodes": times}
+        (_report_dir() / "node_times.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def test_new_seed_or_prompt_reuses_the_face_analysis(server, basic_run):
+    prompt = copy.deepcopy(basic_run[0])
+    server.queue(prompt)  # whatever ran before, the cache now holds this graph
+    face = _ids(prompt, *FACE_ANALYSIS)
+
+    new_seed = server.queue(set_inputs(prompt, "KSampler", seed=1))
+    new_prompt = server.queue(set_inputs(prompt, "ConsistentIDFacialEncoder", prompt="A woman, on a beach"))
+
+    assert set(executed_nodes(new_seed["events"])) == _ids(prompt, "KSampler", "VAEDecode", "SaveImage")
+    assert set(executed_nodes(new_prompt["events"])) == _ids(
+        prompt, "ConsistentIDFacialEncoder", "ConsistentIDMergeStepScheduler", "KSampler", "VAEDecode", "SaveImage")
+    assert face <= set(cached_nodes(new_seed)) and face <= set(cached_nodes(new_prompt))
+
+
+def test_latent_batch_of_two(server):
+    prompt = set_inputs(tiny(server, BASIC), "EmptyLatentImage", batch_size=2)
+    paths = saved_images(server, prompt, server.queue(prompt))
+    assert len(paths) == 2
+    for path in paths:
+        check_image(path, (WIDTH, HEIGHT))
+
+
+def test_inpaint_workflow(server):
+    prompt = tiny(server, INPAINT)
+    [path] = saved_images(server, prompt, server.queue(prompt))
+    check_image(path, (WIDTH, HEIGHT))  # the inpainted picture's own size
+
+
+def test_controlnet_workflow(server):
+    prompt = tiny(server, CONTROLNET)
+    entry = server.queue(prompt)
+    [path] = saved_images(server, prompt, entry)
+    check_image(path, (WIDTH, HEIGHT))
+    assert _ids(prompt, "ControlNetLoader", "ControlNetApplyAdvanced") <= set(executed_nodes(entry["events"]))
+    log = server.log_text()
+    assert "missing controlnet keys" not in log and "could not detect control model" not in log
+
+
+def test_all_in_one_runs_and_keeps_its_face_analysis(server):
+    prompt = tiny(server, ALL_IN_ONE)
+    [simple] = node_ids(prompt, "ConsistentIDSimple")
+    first = server.queue(prompt)
+    check_image(saved_images(server, prompt, first)[0], (WIDTH, HEIGHT))
+
+    second = server.queue(set_inputs(prompt, "ConsistentIDSimple", prompt="A woman, on a beach"))
+
+    # The node expands into 8 granular nodes (ids "<its id>.…"); with a new prompt it expands again and only
+    # FacialEncoder and MergeStepScheduler, the two that read the prompt, run again.
+    expanded = [[node for node in executed_nodes(run["events"]) if node.startswith(f"{simple}.")]
+                for run in (first, second)]
+    assert len(expanded[0]) == 8 and len(expanded[1]) == 2 and set(expanded[1]) < set(expanded[0])
+    assert simple in executed_nodes(second["events"])
+
+
+# Last: its other InsightFace pack would make the examples above re-run ConsistentIDApply.
+def test_no_face_names_the_node_and_the_image(server):
+    prompt = set_inputs(tiny(server, BASIC), "ConsistentIDInsightFaceLoader", pack="buffalo_l_noface")
+    with pytest.raises(HostError) as err:
+        server.queue(prompt)
+    assert (err.value.node_id, err.value.node_type) == (node_ids(prompt, "ConsistentIDApply")[0], "ConsistentIDApply")
+    assert "[ConsistentID · ConsistentIDApply]" in err.value.message
+    assert "found no face in image 1 of 1" in err.value.message and "on_no_face" in err.value.message
+
+    set_inputs(prompt, "ConsistentIDApply", on_no_face="zero")
+    [path] = saved_images(server, prompt, server.queue(prompt))
+    check_image(path, (WIDTH, HEIGHT))
+    assert "No face found in image 1 of 1; using the zero ID vector" in server.log_text()
