@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import test from "node:test";
 
-import { mismatchLabel, scheduleMismatch, scheduleUpdates } from "../../web/js/merge_sync.js";
+import { mismatchLabel, scheduleMismatch, scheduleSource, scheduleUpdates } from "../../web/js/merge_sync.js";
 
 const sampler = { seed: 0, steps: 20, cfg: 5, sampler_name: "euler", scheduler: "karras", denoise: 1 };
 const merge = { merge_step: 30, steps: 50, scheduler: "normal" };
@@ -32,4 +32,19 @@ test("a setting missing on either side is no mismatch", () => {
 test("the mismatch label names the sampler's value, and clears when in step", () => {
   assert.equal(mismatchLabel("steps", 20), "steps ≠ sampler (20)");
   assert.equal(mismatchLabel("steps", undefined), undefined);
+});
+
+test("the merge node is found through inpainting and ControlNet conditioning nodes", () => {
+  const merge = { type: "ConsistentIDMergeStepScheduler" };
+  const controlnet = { type: "ControlNetApplyAdvanced", inputs: { positive: merge } };
+  const inpaint = { type: "InpaintModelConditioning", inputs: { positive: controlnet } };
+  const area = { type: "ConditioningSetArea", inputs: { conditioning: inpaint } };
+  const upstream = (node, name) => node.inputs?.[name] ?? null;
+  assert.equal(scheduleSource({ type: "KSampler", inputs: { positive: merge } }, upstream), merge);
+  assert.equal(scheduleSource({ type: "KSampler", inputs: { positive: area } }, upstream), merge);
+  const text = { type: "CLIPTextEncode" };
+  assert.equal(scheduleSource({ type: "KSampler", inputs: { positive: text } }, upstream), null);
+  const loop = { type: "ConditioningCombine" };
+  loop.inputs = { conditioning: loop };
+  assert.equal(scheduleSource({ type: "KSampler", inputs: { positive: loop } }, upstream), null);
 });

@@ -1,18 +1,23 @@
 // Keeps ConsistentID Merge Step Scheduler's (and the all-in-one node's) steps and scheduler equal to
-// the KSampler its positive output feeds directly: a change on the sampler, or connecting it, copies
+// the KSampler its positive output feeds (directly or through inpainting/ControlNet conditioning
+// nodes): a change on the sampler, or connecting it, copies
 // them over, and a value that still differs is flagged on the ConsistentID node's widget.
 import { app } from "../../scripts/app.js";
-import { SAMPLERS, SCHEDULE_NODES, SYNCED, mismatchLabel, scheduleMismatch, scheduleUpdates } from "./merge_sync.js";
+import {
+  SAMPLERS, SCHEDULE_NODES, SYNCED, mismatchLabel, scheduleMismatch, scheduleSource, scheduleUpdates,
+} from "./merge_sync.js";
 
 const INPUT = 1; // LiteGraph.INPUT
 
 const widgetValues = (node) => Object.fromEntries((node.widgets ?? []).map((w) => [w.name, w.value]));
 const widget = (node, name) => node.widgets?.find((w) => w.name === name);
 
-function positiveSource(sampler) {
-  const slot = sampler.findInputSlot("positive");
-  return slot < 0 ? null : sampler.getInputNode(slot);
+function linkedInput(node, name) {
+  const slot = node.findInputSlot(name);
+  return slot < 0 ? null : node.getInputNode(slot);
 }
+
+const positiveSource = (sampler) => scheduleSource(sampler, linkedInput);
 
 function markMismatch(node) {
   const sampler = node.graph?.nodes.find((n) => SAMPLERS.has(n.type) && positiveSource(n) === node);

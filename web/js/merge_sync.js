@@ -6,6 +6,24 @@
 export const SAMPLERS = new Set(["KSampler", "KSamplerAdvanced"]);
 export const SCHEDULE_NODES = new Set(["ConsistentIDMergeStepScheduler", "ConsistentIDSimple"]);
 export const SYNCED = ["steps", "scheduler"];
+// Inputs followed upstream from a sampler's positive: inpainting and ControlNet nodes sit between.
+export const CONDITIONING_INPUTS = ["positive", "conditioning"];
+const MAX_HOPS = 8;
+
+/**
+ * The ConsistentID merge node whose positive reaches `sampler`, directly or through conditioning
+ * nodes (InpaintModelConditioning, ControlNetApplyAdvanced, ...), or `null`.
+ * `upstream(node, inputName)` gives the node linked to that input, or `null`.
+ */
+export function scheduleSource(sampler, upstream) {
+  let node = sampler;
+  for (let hop = 0; node && hop < MAX_HOPS; hop++) {
+    const from = node;
+    node = CONDITIONING_INPUTS.map((name) => upstream(from, name)).find(Boolean) ?? null;
+    if (node && SCHEDULE_NODES.has(node.type)) return node;
+  }
+  return null;
+}
 
 /** The synced settings whose values differ: `{name: samplerValue}`. */
 export function scheduleMismatch(samplerValues, nodeValues) {
