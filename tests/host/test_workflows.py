@@ -235,3 +235,15 @@ def test_no_face_names_the_node_and_the_image(server):
     [path] = saved_images(server, prompt, server.queue(prompt))
     check_image(path, (WIDTH, HEIGHT))
     assert "No face found in image 1 of 1; using the zero ID vector" in server.log_text()
+
+
+def test_missing_insightface_pack_names_the_folder_and_files(server):
+    # antelopev2 is always offered in the list, so validation passes and the loader itself must explain.
+    prompt = set_inputs(tiny(server, BASIC), "ConsistentIDInsightFaceLoader", pack="antelopev2")
+    with pytest.raises(HostError) as err:
+        server.queue(prompt)
+    assert err.value.node_type == "ConsistentIDInsightFaceLoader"
+    message = err.value.message
+    assert "InsightFace pack 'antelopev2' was not found" in message
+    assert str(server.models_dir / "insightface" / "models" / "antelopev2") in message
+    assert "scrfd_10g_bnkps.onnx and glintr100.onnx" in message
