@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from .regions import REGION_KEYWORD
 from .tokenizer import ClipBPE
 
 CONTEXT_LENGTH = 77
@@ -33,10 +34,7 @@ MAX_CAPTION_CHARS = 330
 _KEYWORDS = ("face", "ears", "eyes", "nose", "mouth")
 # Walking the regions in this fixed order (ears before eyes) sets the clause order of the aligned
 # caption, hence the eye/ear slot swap of spec §3.7.
-_REGION_KEYWORD = {
-    "Face": "face", "Left_Ear": "ears", "Right_Ear": "ears", "Left_Eye": "eyes", "Right_Eye": "eyes",
-    "Nose": "nose", "Upper_Lip": "mouth", "Lower_Lip": "mouth",
-}
+_MARKER_ORDER = ("Face", "Left_Ear", "Right_Ear", "Left_Eye", "Right_Eye", "Nose", "Upper_Lip", "Lower_Lip")
 _CLAUSE_ENDS = ",.;"
 _MARK = -1  # marker id for our own walk: no tokenizer id can collide with it
 
@@ -95,13 +93,13 @@ def align_caption(caption: str, region_names: Sequence[str]) -> tuple[str, tuple
     keyword is not in the caption is dropped. Marking is case-sensitive, unlike the dedupe.
     """
     text = normalise_caption(caption)
-    features = list(dict.fromkeys(_REGION_KEYWORD[name] for name in _REGION_KEYWORD if name in region_names))
+    features = list(dict.fromkeys(REGION_KEYWORD[name] for name in _MARKER_ORDER if name in region_names))
     missing = set()
     for feature in reversed(features):
         text, found = re.subn(rf"\b{feature}\b", f"{feature} <|{feature}|>", text, count=1)
         if not found:
             missing.add(feature)
-    kept = tuple(name for name in region_names if _REGION_KEYWORD.get(name) not in missing)
+    kept = tuple(name for name in region_names if REGION_KEYWORD.get(name) not in missing)
 
     clauses = []
     for marker in (f"<|{feature}|>" for feature in features):

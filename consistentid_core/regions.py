@@ -162,11 +162,3 @@ def region_pixels(rgb: np.ndarray, masks: dict[str, np.ndarray], max_slots: int 
     photo = Image.fromarray(rgb)
     return torch.stack([clip_pixels(_on_black(photo, mask_at_size(mask, *photo.size))) for mask in masks.values()])
 
-
-def facial_mask(masks: dict[str, np.ndarray], size: int, max_slots: int = MAX_SLOTS) -> torch.Tensor:
-    """The official ``facial_mask`` ``[max_slots, size, size]``: each ``size``-square region mask as
-    0/1 float32, zero-padded. (Unused at inference by the official pipeline; kept for parity checks.)"""
-    out = torch.zeros(max_slots, size, size)
-    for slot, mask in enumerate(masks.values()):
-        out[slot] = torch.from_numpy(mask).float() / 255
-    return out

@@ -7,8 +7,16 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from consistentid_core.regions import (LABEL_NAMES, REGION_KEYWORD, RegionFeatures, clip_pixels, face_regions,
-                                       facial_mask, masks_for_unique_values, region_pixels, select_regions)
+from consistentid_core.regions import (LABEL_NAMES, MAX_SLOTS, REGION_KEYWORD, RegionFeatures, clip_pixels,
+                                       face_regions, masks_for_unique_values, region_pixels, select_regions)
+
+
+def facial_mask(masks: dict, size: int) -> torch.Tensor:
+    """The official (inference-unused) ``facial_mask``: each kept region mask as 0/1, zero-padded to 5 slots."""
+    out = torch.zeros(MAX_SLOTS, size, size)
+    for slot, mask in enumerate(masks.values()):
+        out[slot] = torch.from_numpy(mask).float() / 255
+    return out
 
 
 def test_golden_g2_regions(golden_dir):
