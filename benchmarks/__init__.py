@@ -1,0 +1,1 @@
+"""The pack's benchmark (``python benchmarks/run.py`` or ``python -m benchmarks``)."""

@@ -1,0 +1,93 @@
+"""The benchmark in its smoke mode (64x64, 2 steps) on the host's Python: every figure is reported, and
+the host's cache re-runs no face analysis when only the prompt or the seed changes."""
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.host
+
+REPO = Path(__file__).resolve().parents[2]
+FACE_ANALYSIS_STAGES = {"face_parsing", "insightface", "clip_regions", "clip_whole_image", "projection"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    comfyui_path = os.environ.get("COMFYUI_PATH")
+    if not comfyui_path:
+        pytest.skip("COMFYUI_PATH is not set: the benchmark needs a ComfyUI checkout")
+    out = tmp_path_factory.mktemp("benchmark") / "smoke.json"
+    command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "benchmarks/run.py", "--comfyui", comfyui_path,
+               "--smoke", "--out", str(out)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return json.loads(out.read_text()), done.stdout
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_benchmark_reports_every_figure(smoke):
+    report, printed = smoke
+    assert report["settings"] | {"mode": "smoke", "width": 64, "height": 64, "steps": 2} == report["settings"]
+    assert {"cpu", "cores", "torch", "onnxruntime", "comfyui", "device"} <= set(report["machine"])
+
+    for phase in ("cold", "warm"):
+        stages = report["preprocessing"][phase]["stages_s"]
+        assert FACE_ANALYSIS_STAGES | {"facial_encoder"} <= set(stages)
+        assert all(_positive(stages[s]) for s in FACE_ANALYSIS_STAGES | {"facial_encoder"})
+        assert set(report["preprocessing"][phase]["nodes_s"]) == {"parse", "regions", "encode", "apply"}
+    assert _positive(report["preprocessing"]["warm_per_image_s"])
+
+    sampler = report["sampler"]
+    for name in ("plain", "consistentid", "id_attention_only"):
+        assert _positive(sampler[name]["step_s"]) and _positive(sampler[name]["sampler_node_s"])
+        assert sampler[name]["runs"] == 2
+    for ratio in ("ratio", "id_attention_ratio", "lora_per_step_ratio"):
+        assert _positive(sampler[ratio])
+    # Rounds alternate the samplers under the same machine load: the ratio is the median of per-round ratios.
+    per_round = zip(sampler["plain"]["step_s_per_run"], sampler["consistentid"]["step_s_per_run"])
+    assert sampler["ratio"] == pytest.approx(statistics.median(cid / plain for plain, cid in per_round))
+
+    lora = report["lora_patch"]
+    assert _positive(lora["lora_model_load_s"]) and math.isfinite(lora["patch_s"])
+    memory = report["memory"]
+    assert _positive(memory["peak_rss_plain_mb"])
+    assert memory["peak_rss_consistentid_mb"] >= memory["peak_rss_plain_mb"]
+    assert "second queue (new prompt) ran: " in printed and "sampler ratio ConsistentID / plain" in printed
+
+
+def test_benchmark_measures_each_queue_from_the_host_cache(smoke):
+    report, _ = smoke
+    queues = {q["label"]: q for q in report["queues"]}
+    assert set(queues["plain warm-up"]["executed"]) == {"ckpt", "pos", "neg", "latent", "sampler_plain"}
+    cold = queues["consistentid cold"]
+    assert {"image", "parse", "regions", "encode", "apply", "merge_apply", "sampler_cid"} <= set(cold["executed"])
+    assert FACE_ANALYSIS_STAGES <= set(cold["stage_s"])
+    assert set(queues["preprocessing warm 1"]["executed"]) == {"image", "parse", "regions", "encode", "apply"}
+    assert set(queues["warm-up on the new image"]["executed"]) == {"merge_apply", "sampler_cid", "apply_id",
+                                                                   "merge_apply_id", "sampler_id"}
+    # Timed rounds alternate the three samplers; from the second round on, a queue runs its sampler alone
+    # (the first may re-run a merge step scheduler whose steps changed since the warm-up). Steps 2..N are timed.
+    samplers = {"plain": "sampler_plain", "consistentid": "sampler_cid", "id_attention_only": "sampler_id"}
+    for key, sampler in samplers.items():
+        assert set(queues[f"{key} seed 1"]["executed"]) <= {sampler, "merge_apply", "merge_apply_id"}
+        assert queues[f"{key} seed 2"]["executed"] == [sampler]
+        assert len(queues[f"{key} seed 1"]["step_s"]) == len(queues[f"{key} seed 2"]["step_s"]) == 1
+
+
+def test_benchmark_second_queue_recomputes_no_face_analysis(smoke):
+    report, _ = smoke
+    second = report["second_queue"]
+    assert set(second["executed"]) == {"encode", "merge_apply", "sampler_cid"}
+    assert {"image", "parse", "regions", "apply", "vision", "insightface", "parser", "cid"} <= set(second["cached"])
+    assert second["face_analysis_reran"] == [] and second["stages_run"] == ["facial_encoder"]
+    assert report["seed_only_queue"] == {"executed": ["sampler_cid"], "face_analysis_reran": []}
+    assert report["targets"]["prompt_change_reruns_no_face_analysis"]
+    assert report["targets"]["seed_change_reruns_only_sampler"]
