@@ -100,8 +100,8 @@ class FacialEncoder(nn.Module):
             slots += s[:n]
         if not rows:
             return out
-        regions = self.region_embeds(region_feats)
-        picked = torch.stack([_row(regions, b)[s] for b, s in zip(rows, slots)])
+        # Only the slots that are fused go through the 8-layer projection: padding slots never do.
+        picked = self.region_embeds(torch.stack([_row(region_feats, b)[s] for b, s in zip(rows, slots)])[None])[0]
         fused = self.fuse_module(out[rows, tokens].to(weight.dtype), picked)
         out[rows, tokens] = fused.to(out.dtype)
         return out

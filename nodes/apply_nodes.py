@@ -1,4 +1,5 @@
 """ConsistentIDApply: the face-ID tokens and the adapter's LoRA on a clone of the MODEL."""
+import hashlib
 import logging
 
 import torch
@@ -9,8 +10,8 @@ from ..consistentid_core.errors import NoFaceError
 from ..consistentid_core.face_id import face_id_batch
 from ..consistentid_core.images import images_from_batch
 from ..consistentid_core.projection import id_tokens
-from ..consistentid_core.regions import CLIP_SIZE, clip_pixels
-from .clip_vision import encode_penultimate
+from ..consistentid_core.regions import clip_pixels
+from .clip_vision import encode_penultimate, zero_image_features
 from .common import CATEGORY, errors_named
 from .managed import compute_dtype, on_device
 from .merge_step import NODES as MERGE_NODES
@@ -19,6 +20,10 @@ from .types import ConsistentID, InsightFace
 from .unet_patch import apply_to_model, check_model_arch
 
 NO_FACE_CHOICES = ["error", "zero", "skip"]
+
+# The last photo's tokens: moving a slider (weight, lora_strength, start/end) re-runs this node, and the face
+# analysis (InsightFace, CLIP-H, projection) need not run again for the same photo and models.
+_last_tokens: dict = {}
 
 
 def identity_tokens(consistentid, clip_vision, insightface, photos, on_no_face: str):
@@ -37,11 +42,22 @@ def identity_tokens(consistentid, clip_vision, insightface, photos, on_no_face: 
             raise
         logging.warning("ConsistentIDApply: no face found, the face-ID tokens are skipped (LoRA only).")
         return None
-    pixels = torch.stack([*map(clip_pixels, photos), torch.zeros(3, CLIP_SIZE, CLIP_SIZE)])
-    hidden = encode_penultimate(clip_vision, pixels)
+    hidden = encode_penultimate(clip_vision, torch.stack([clip_pixels(photo) for photo in photos]))
     projection = on_device(consistentid.projection(compute_dtype()))
     with torch.no_grad():
-        return id_tokens(projection, embeds, hidden[:-1], hidden[-1:], shortcut=sdxl)
+        return id_tokens(projection, embeds, hidden, zero_image_features(clip_vision)[None], shortcut=sdxl)
+
+
+def _cached_identity_tokens(consistentid, clip_vision, insightface, image: torch.Tensor, on_no_face: str):
+    models = (consistentid, clip_vision, insightface)
+    # Model objects by identity; the entry holds them, so their ids cannot be reused while it exists.
+    key = (tuple(map(id, models)), getattr(insightface, "det_size", None), on_no_face, tuple(image.shape),
+           hashlib.sha1(image.cpu().numpy().tobytes()).digest())
+    if _last_tokens.get("key") != key:
+        _last_tokens.clear()
+        tokens = identity_tokens(consistentid, clip_vision, insightface, images_from_batch(image), on_no_face)
+        _last_tokens.update(key=key, models=models, tokens=tokens)
+    return _last_tokens["tokens"]
 
 
 class ConsistentIDApply(io.ComfyNode):
@@ -84,7 +100,7 @@ class ConsistentIDApply(io.ComfyNode):
                 end_at, on_no_face) -> io.NodeOutput:
         with errors_named("ConsistentIDApply"):
             check_model_arch(model, consistentid.weights)
-            tokens = identity_tokens(consistentid, clip_vision, insightface, images_from_batch(image), on_no_face)
+            tokens = _cached_identity_tokens(consistentid, clip_vision, insightface, image, on_no_face)
             if tokens is None:
                 tokens, weight = (None, None), 0.0
             patched = apply_to_model(model, consistentid.weights, *tokens, weight, start_at, end_at, lora_strength)

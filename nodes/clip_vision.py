@@ -1,9 +1,12 @@
 """Penultimate CLIP-ViT-H states of already-normalised pixels, through the host's CLIP_VISION."""
+import weakref
+
 import torch
 
 import comfy.model_management
 
 from ..consistentid_core.errors import ConsistentIDError
+from ..consistentid_core.regions import CLIP_SIZE
 
 HIDDEN_SIZE = 1280
 NUM_LAYERS = 32
@@ -39,3 +42,14 @@ def encode_penultimate(clip_vision, pixels: torch.Tensor) -> torch.Tensor:
     dtype = torch.float32 if comfy.model_management.is_device_cpu(device) else clip_vision.dtype
     _, penultimate, _, _ = clip_vision.model(pixel_values=pixels.to(device, dtype), intermediate_output=-2)
     return penultimate.to(comfy.model_management.intermediate_device(), torch.float32)
+
+
+_zero_features: "weakref.WeakKeyDictionary[object, torch.Tensor]" = weakref.WeakKeyDictionary()
+
+
+def zero_image_features(clip_vision) -> torch.Tensor:
+    """``[257, 1280]`` states of the all-zeros normalised image (a mean-grey picture), the official
+    padding and uncond input. RegionEmbed and Apply both need it, so it is encoded once per model."""
+    if clip_vision not in _zero_features:
+        _zero_features[clip_vision] = encode_penultimate(clip_vision, torch.zeros(1, 3, CLIP_SIZE, CLIP_SIZE))[0]
+    return _zero_features[clip_vision]

@@ -13,9 +13,9 @@ from comfy_api.latest import io, ui
 from ..consistentid_core.errors import InputImageError
 from ..consistentid_core.images import images_from_batch
 from ..consistentid_core.parsing import load_face_parser, parse_labels
-from ..consistentid_core.regions import (CLIP_SIZE, LABEL_COLOURS, RegionFeatures, face_regions, mask_at_size,
+from ..consistentid_core.regions import (LABEL_COLOURS, RegionFeatures, face_regions, mask_at_size,
                                          region_pixels)
-from .clip_vision import encode_penultimate
+from .clip_vision import encode_penultimate, zero_image_features
 from .common import CATEGORY, errors_named
 from .paths import model_choices, resolve
 from .types import FaceParser, FaceRegions, RegionEmbeds
@@ -137,7 +137,7 @@ class ConsistentIDRegionEmbed(io.ComfyNode):
             category=CATEGORY,
             description="Encodes every kept face region with CLIP-ViT-H as the official ConsistentID does: the full "
                         "photo with everything but the region black, PIL-bicubic CLIP preprocessing, penultimate "
-                        "hidden states. All regions of all images and the all-zeros uncond image run in one batch.",
+                        "hidden states. All regions of all images run in one batch.",
             inputs=[
                 io.ClipVision.Input("clip_vision", tooltip="CLIP-ViT-H-14-laion2B-s32B-b79K from Load CLIP Vision."),
                 io.Image.Input("image", tooltip="The same photo(s) that went into ConsistentID Face Parse."),
@@ -160,12 +160,14 @@ class ConsistentIDRegionEmbed(io.ComfyNode):
             for rgb, found in zip(photos, face_regions):
                 pixels.append(region_pixels(rgb, found.masks))
                 bar.update(1)
-            # Zeros in normalised space (a mean-grey image): the official padding and uncond input.
-            features = encode_penultimate(clip_vision, torch.cat([*pixels, torch.zeros(1, 3, CLIP_SIZE, CLIP_SIZE)]))
+            zero = zero_image_features(clip_vision)
+            batch = torch.cat(pixels)
+            # A parse may keep no region at all; the zero features then fill every slot.
+            features = encode_penultimate(clip_vision, batch) if len(batch) else zero.new_zeros(0, *zero.shape)
             bar.update(1)
             embeds, start = [], 0
             for found, region in zip(face_regions, pixels):
-                embeds.append(RegionFeatures(list(found.masks), features[start:start + len(region)], features[-1]))
+                embeds.append(RegionFeatures(list(found.masks), features[start:start + len(region)], zero))
                 start += len(region)
             return io.NodeOutput(embeds)
 

@@ -33,7 +33,7 @@ class FaceIDAttention:
         self.sigma_range = sigma_range
         # Another pack's replacement of the same block keeps working: it computes the text attention.
         self.previous = previous
-        self._cast = kv
+        self._layouts: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __deepcopy__(self, memo):
         # ModelPatcher.clone() deep-copies model_options; the tensors here never change after creation.
@@ -46,17 +46,22 @@ class FaceIDAttention:
         else:
             out = optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"),
                                       transformer_options=extra_options)
-        if self._cast[0].dtype != q.dtype or self._cast[0].device != q.device:
-            self._cast = tuple(t.to(q) for t in self.kv)
-        chunks = extra_options.get("cond_or_uncond", [0])
+        ip = ip_attention(q, *self._batched(q, extra_options.get("cond_or_uncond", [0])), heads)
+        if self.sigma_range is None:
+            return torch.add(out, ip, alpha=self.weight)
+        sigma = extra_options["sigmas"][:1]
+        return out + self.weight * ((sigma <= self.sigma_range[0]) & (sigma >= self.sigma_range[1])).to(q.dtype) * ip
+
+    def _batched(self, q: torch.Tensor, chunks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(k_ip, v_ip)`` ``[B, T, h]`` for this batch layout in q's dtype and device, built once per layout:
+        a sampling run repeats a handful of layouts, so steps only look them up."""
         rows = q.shape[0] // len(chunks)
-        # 0 is the positive prompt; negatives and any further guider conds get the negative ID tokens.
-        k_ip, v_ip = (torch.cat([t[min(c, 1):min(c, 1) + 1].expand(rows, -1, -1) for c in chunks]) for t in self._cast)
-        scale = self.weight
-        if self.sigma_range is not None:
-            sigma = extra_options["sigmas"][:1]
-            scale = scale * ((sigma <= self.sigma_range[0]) & (sigma >= self.sigma_range[1])).to(q.dtype)
-        return out + scale * ip_attention(q, k_ip, v_ip, heads)
+        key = (tuple(chunks), rows, q.dtype, q.device)
+        if key not in self._layouts:
+            # 0 is the positive prompt; negatives and any further guider conds get the negative ID tokens.
+            index = torch.tensor([min(c, 1) for c in chunks for _ in range(rows)])
+            self._layouts[key] = tuple(t[index].to(q) for t in self.kv)
+        return self._layouts[key]
 
 
 def model_arch(model) -> str | None:
