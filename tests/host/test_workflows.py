@@ -33,7 +33,10 @@ FACE_ANALYSIS = ["CLIPVisionLoader", "ConsistentIDFaceParserLoader", "Consistent
 
 def _report_dir() -> Path | None:
     path = os.environ.get("CONSISTENTID_HOST_REPORT_DIR")
-    return Path(path) if path else None
+    if not path:
+        return None
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return Path(path)
 
 
 def _ids(prompt: dict, *selectors: str) -> set[str]:
