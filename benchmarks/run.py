@@ -21,6 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -47,6 +50,14 @@ files = {**consistentid.write_checkpoints(models, size="full"), **bisenet.write_
          **insightface_pack.write_packs(models), **cached_host_models(None, Path(sys.argv[2]))}
 print(json.dumps({name: str(path) for name, path in files.items()}))
 """
+
+
+def fresh_copy(source: Path, target: Path, shift: int) -> None:
+    """``source`` saved as ``target`` with one pixel changed by ``shift``: neither the host's cache nor
+    Apply's last-photo tokens recognise it, so the face analysis re-runs, on warm models."""
+    pixels = np.array(Image.open(source).convert("RGB"))
+    pixels[0, 0] = (pixels[0, 0].astype(int) + shift) % 256
+    Image.fromarray(pixels).save(target)
 
 
 def generate_models(base_dir: Path, comfyui: Path) -> dict[str, Path]:
@@ -131,10 +142,9 @@ def run(comfyui: Path, mode: str, keep: Path | None = None, profile: Path | None
                          "CUDA" if cuda else "CPU")
     input_dir = base_dir / "input"
     input_dir.mkdir(parents=True, exist_ok=True)
-    # Copies under new names: the host sees a new image and re-runs the face analysis, on warm models.
     images = [f"reference_{i}.png" for i in range(warm_repeats + 1)]
-    for name in images:
-        shutil.copy(REFERENCE_IMAGE, input_dir / name)
+    for i, name in enumerate(images):
+        fresh_copy(REFERENCE_IMAGE, input_dir / name, i)
     memory = Memory()
     queues = []
     seeds = dict.fromkeys(graphs.SAMPLERS, SEED)
@@ -244,7 +254,7 @@ def profile_warm(session: HostSession, names, settings, image: str, seeds: dict,
     import folder_paths
 
     inputs = Path(folder_paths.get_input_directory())
-    shutil.copy(inputs / image, inputs / "profiled.png")
+    fresh_copy(inputs / image, inputs / "profiled.png", 255)
     out.mkdir(parents=True, exist_ok=True)
     prompt = graphs.workflow(names, settings, "profiled.png", {**seeds, "consistentid": SEED + 100}, steps)
     for label, outputs in (("preprocessing", graphs.PREPROCESSING_NODES),
