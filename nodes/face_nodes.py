@@ -1,12 +1,8 @@
 """Face parser loader, face parsing into regions, and CLIP features of the regions."""
-import os
-
 import cv2
 import numpy as np
 import torch
 
-import comfy.model_management
-import comfy.model_patcher
 import comfy.utils
 from comfy_api.latest import io, ui
 
@@ -16,27 +12,14 @@ from ..consistentid_core.parsing import load_face_parser, parse_labels
 from ..consistentid_core.regions import (LABEL_COLOURS, RegionFeatures, face_regions, mask_at_size,
                                          region_pixels)
 from .clip_vision import encode_penultimate, zero_image_features
-from .common import CATEGORY, errors_named
+from .common import CATEGORY, errors_named, load_cached
+from .managed import on_device
 from .paths import model_choices, resolve
 from .types import FaceParser, FaceRegions, RegionEmbeds
 
 PARSE_SIZES = {"512": "SD1.5", "1280": "SDXL"}
 
-_parsers: dict[tuple[str, float], comfy.model_patcher.ModelPatcher] = {}
-
-
-def load_parser_patcher(path: str) -> comfy.model_patcher.ModelPatcher:
-    """The face parser at ``path`` under the host's model management, cached until the file changes."""
-    key = (path, os.path.getmtime(path))
-    if key not in _parsers:
-        model = load_face_parser(path)
-        for stale in [k for k in _parsers if k[0] == path]:
-            del _parsers[stale]
-        _parsers[key] = comfy.model_patcher.ModelPatcher(
-            model, load_device=comfy.model_management.get_torch_device(),
-            offload_device=comfy.model_management.unet_offload_device())
-    return _parsers[key]
-
+_parsers: dict[str, tuple[float, torch.nn.Module]] = {}  # path -> (mtime, parser)
 
 class ConsistentIDFaceParserLoader(io.ComfyNode):
     @classmethod
@@ -59,7 +42,8 @@ class ConsistentIDFaceParserLoader(io.ComfyNode):
     @classmethod
     def execute(cls, parser_name) -> io.NodeOutput:
         with errors_named("FaceParserLoader"):
-            return io.NodeOutput(load_parser_patcher(resolve("face_parsing", parser_name, "face_parsing.pth")))
+            path = resolve("face_parsing", parser_name, "face_parsing.pth")
+            return io.NodeOutput(load_cached(_parsers, path, load_face_parser))
 
 
 def _preview(rgb: np.ndarray, label_map: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
@@ -108,12 +92,11 @@ class ConsistentIDFaceParse(io.ComfyNode):
     def execute(cls, face_parser, image, parse_size) -> io.NodeOutput:
         with errors_named("FaceParse"):
             photos = images_from_batch(image)
-            # Plain torch layers cannot run partly offloaded; the parser is 53 MB, so load it whole.
-            comfy.model_management.load_models_gpu([face_parser], force_full_load=True)
+            parser = on_device(face_parser)
             bar = comfy.utils.ProgressBar(len(photos))
             regions, previews, masks = [], [], []
             for rgb in photos:
-                found = face_regions(parse_labels(face_parser.model, rgb, int(parse_size)))
+                found = face_regions(parse_labels(parser, rgb, int(parse_size)))
                 height, width = rgb.shape[:2]
                 at_size = [np.array(mask_at_size(mask, width, height)) for mask in found.masks.values()]
                 regions.append(found)

@@ -4,13 +4,11 @@ It hands on the core's :class:`ConsistentIDModel`: the checked weights, with the
 first use (``model.facial_encoder(dtype)``, ``model.projection(dtype)``); the nodes that run them
 put them under the host's model management with ``managed.on_device``.
 """
-import os
-
 from comfy_api.latest import io
 
 from ..consistentid_core.checkpoint import ConsistentIDModel, load_checkpoint
 from . import paths
-from .common import CATEGORY, errors_named
+from .common import CATEGORY, errors_named, load_cached
 from .types import ConsistentID
 
 _LOADED: dict[str, tuple[float, ConsistentIDModel]] = {}  # path -> (mtime, model)
@@ -18,12 +16,7 @@ _LOADED: dict[str, tuple[float, ConsistentIDModel]] = {}  # path -> (mtime, mode
 
 def load_consistentid(path: str) -> ConsistentIDModel:
     """The checkpoint at ``path``, read once until the file changes."""
-    mtime = os.path.getmtime(path)
-    cached = _LOADED.get(path)
-    if cached is None or cached[0] != mtime:
-        cached = _LOADED[path] = (mtime, ConsistentIDModel(load_checkpoint(path)))
-    return cached[1]
-
+    return load_cached(_LOADED, path, lambda p: ConsistentIDModel(load_checkpoint(p)))
 
 class ConsistentIDLoader(io.ComfyNode):
     @classmethod
