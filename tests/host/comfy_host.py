@@ -15,8 +15,6 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[2]
 PACK_DIR_NAME = "ComfyUI-ConsistentID"
 PACK_MODULE = f"custom_nodes.{PACK_DIR_NAME}"
@@ -42,27 +40,12 @@ def host_model_files(python: str, comfyui_path: Path) -> dict[str, Path]:
     return {name: Path(path) for name, path in json.loads(done.stdout.strip().splitlines()[-1]).items()}
 
 
-def write_pack_models(models_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
-    """Run the pack's weight generators into ``models_dir``: (files written, missing generator -> reason)."""
-    import importlib
+def write_pack_models(models_dir: Path) -> dict[str, Path]:
+    """Run the pack's weight generators into ``models_dir`` (ConsistentID at full size)."""
+    from weightgen import bisenet, consistentid, insightface_pack
 
-    generators = {
-        "consistentid": ("write_checkpoints", {"size": "full"}),
-        "bisenet": ("write_face_parsers", {}),
-        "insightface_pack": ("write_packs", {}),
-    }
-    written, missing = {}, {}
-    for module_name, (function, kwargs) in generators.items():
-        try:
-            module = importlib.import_module(f"weightgen.{module_name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"weightgen.{module_name}":
-                raise
-            missing[module_name] = f"weightgen/{module_name}.py does not exist yet"
-            continue
-        written.update(getattr(module, function)(models_dir, **kwargs))
-    return written, missing
-
+    return {**consistentid.write_checkpoints(models_dir, size="full"), **bisenet.write_face_parsers(models_dir),
+            **insightface_pack.write_packs(models_dir)}
 
 def link(target: Path, link_path: Path) -> None:
     link_path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,20 +67,14 @@ class ComfyServer:
         self.process: subprocess.Popen | None = None
         self.startup_s: float | None = None
         self.model_files: dict[str, Path] = {}
-        self.missing_generators: dict[str, str] = {}
         self.events = WebSocketEvents()
 
     def prepare_models(self, host_files: dict[str, Path]) -> None:
         """Link the cached host models and generate the pack's own model files under ``models/``."""
         for path in host_files.values():
             link(path, self.models_dir / path.parent.name / path.name)
-        self.model_files, self.missing_generators = write_pack_models(self.models_dir)
+        self.model_files = write_pack_models(self.models_dir)
         self.model_files.update(host_files)
-
-    def require(self, generator: str) -> None:
-        """Skip the calling test while the pack's weight generator it needs is not written yet."""
-        if generator in self.missing_generators:
-            pytest.skip(self.missing_generators[generator])
 
     def start(self, timeout: float = 120.0) -> None:
         link(REPO, self.base_dir / "custom_nodes" / PACK_DIR_NAME)

@@ -45,8 +45,6 @@ def _ids(prompt: dict, *selectors: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def server(comfy_server, images_dir):
-    for generator in ("consistentid", "bisenet", "insightface_pack"):
-        comfy_server.require(generator)
     shutil.copy(images_dir / PHOTO, comfy_server.input_dir / PHOTO)
     # LoadImage's mask is 1 - alpha: the transparent rectangle is the area to inpaint.
     target = Image.open(images_dir / PHOTO).convert("RGBA").resize((WIDTH, HEIGHT))
