@@ -1,4 +1,5 @@
-"""ConsistentID's UNet attention maths: LoRA merge, face-ID attention, and the official processors (spec §5.3).
+"""ConsistentID's UNet attention maths: the LoRA and face-ID weights by UNet key, and the face-ID attention
+(docs/method.md §5.3).
 
 The official processors add ``up(down(x))`` (factor 1: no alpha, no rank scaling) to q, k, v and out of
 every attention layer, and in cross-attention add ``s · SDPA(q, W_k_ip·id, W_v_ip·id)`` over the last 4
@@ -14,7 +15,6 @@ from .unet_layout import PROCESSORS
 
 # (UNet projection, adapter LoRA name)
 PROJECTIONS = (("to_q", "to_q_lora"), ("to_k", "to_k_lora"), ("to_v", "to_v_lora"), ("to_out.0", "to_out_lora"))
-NUM_ID_TOKENS = 4
 
 
 def lora_pair(adapter: Mapping[str, torch.Tensor], index: int, lora: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,33 +53,3 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch
 def ip_attention(q: torch.Tensor, k_ip: torch.Tensor, v_ip: torch.Tensor, heads: int) -> torch.Tensor:
     """The face-ID branch: the (LoRA'd) query attends to the ID tokens alone, with its own softmax."""
     return sdpa(q, k_ip, v_ip, heads)
-
-
-def merge_lora(weight: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    return weight + up @ down
-
-
-def consistent_attention(
-    attn: Mapping[str, torch.Tensor],
-    adapter: Mapping[str, torch.Tensor],
-    index: int,
-    hidden_states: torch.Tensor,
-    heads: int,
-    encoder_hidden_states: torch.Tensor | None = None,
-    ip_scale: float = 1.0,
-) -> torch.Tensor:
-    """An official ``Consistent_AttProcessor`` (no context) or ``Consistent_IPAttProcessor`` output, computed
-    the way the port does it: LoRA merged into a diffusers ``Attention`` state dict, ID branch before ``to_out``.
-
-    ``encoder_hidden_states`` holds the text tokens followed by the 4 ID tokens, as in the official pipeline.
-    """
-    w = {proj: merge_lora(attn[f"{proj}.weight"], *lora_pair(adapter, index, lora)) for proj, lora in PROJECTIONS}
-    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states[:, :-NUM_ID_TOKENS]
-    q = hidden_states @ w["to_q"].T
-    out = sdpa(q, context @ w["to_k"].T, context @ w["to_v"].T, heads)
-    if encoder_hidden_states is not None:
-        ids = encoder_hidden_states[:, -NUM_ID_TOKENS:]
-        k_ip = ids @ adapter[f"{index}.to_k_ip.weight"].T
-        v_ip = ids @ adapter[f"{index}.to_v_ip.weight"].T
-        out = out + ip_scale * ip_attention(q, k_ip, v_ip, heads)
-    return out @ w["to_out.0"].T + attn["to_out.0.bias"]

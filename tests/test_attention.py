@@ -6,8 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from consistentid_core.attention import consistent_attention, ip_attention, ip_weights, lora_deltas
+from consistentid_core.attention import ip_attention, ip_weights, lora_deltas
 from consistentid_core.unet_layout import PROCESSORS
+from official_attention import consistent_attention
 
 
 def _reduced_adapter(arch: str) -> dict[str, torch.Tensor]:

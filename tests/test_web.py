@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB_DIR = ROOT / "web" / "js"
@@ -20,8 +21,11 @@ def _node_version() -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", out)[:2])
 
 
-needs_node = pytest.mark.skipif(NODE is None or _node_version() < MIN_NODE,
-                                reason="the web extension's tests need Node.js 20.19 or newer on PATH")
+@pytest.fixture
+def node():
+    if NODE is None or _node_version() < MIN_NODE:
+        unavailable("the web extension's tests need Node.js 20.19 or newer on PATH")
+    return NODE
 
 
 def test_web_directory_is_the_one_comfyui_serves():
@@ -39,18 +43,16 @@ def test_web_directory_is_registered_once():
     assert "web" not in comfy, "remove `web` from [tool.comfy]: __init__.py's WEB_DIRECTORY registers web/js"
 
 
-@needs_node
 @pytest.mark.parametrize("script", sorted(WEB_DIR.glob("*.js")), ids=lambda p: p.name)
-def test_web_script_parses(script):
-    done = subprocess.run([NODE, "--check", str(script)], capture_output=True, text=True, timeout=60)
+def test_web_script_parses(node, script):
+    done = subprocess.run([node, "--check", str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 
 
-@needs_node
-def test_web_merge_sync_logic_under_node_test():
+def test_web_merge_sync_logic_under_node_test(node):
     tests = sorted(str(p) for p in (ROOT / "tests" / "web").glob("*.test.mjs"))
     assert tests
-    done = subprocess.run([NODE, "--test", *tests], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([node, "--test", *tests], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"^# fail 0$", done.stdout, re.M) and not re.search(r"^# pass 0$", done.stdout, re.M)
 

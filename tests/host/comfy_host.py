@@ -3,7 +3,6 @@
 Everything the server reads or writes (custom_nodes, models, input, output, temp, user) lives
 under one ``--base-directory``, so the ComfyUI checkout itself stays untouched.
 """
-import base64
 import json
 import os
 import socket
@@ -14,6 +13,8 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+
+import websocket
 
 REPO = Path(__file__).resolve().parents[2]
 PACK_DIR_NAME = "ComfyUI-ConsistentID"
@@ -169,42 +170,25 @@ class ComfyServer:
 
 
 class WebSocketEvents:
-    """The server's ``/ws`` messages for one client, each stamped with its arrival time.
-
-    The stdlib has no websocket client, and the server sends only unfragmented, unmasked frames
-    without pings, so reading them takes a handshake and a frame loop.
-    """
+    """The server's ``/ws`` messages for one client, each stamped with its arrival time."""
 
     def __init__(self):
         self._messages: list[tuple[float, str, dict]] = []
         self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
 
     def listen(self, port: int, client_id: str) -> None:
-        self._sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self._sock.sendall((f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                            "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-        stream = self._sock.makefile("rb")
-        status = stream.readline()
-        if b" 101 " not in status:
-            raise ConnectionError(f"the websocket handshake failed: {status!r}")
-        while stream.readline() not in (b"\r\n", b""):
-            pass
-        self._sock.settimeout(None)
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+        connection = websocket.create_connection(f"ws://127.0.0.1:{port}/ws?clientId={client_id}", timeout=30)
+        connection.settimeout(None)
+        threading.Thread(target=self._read, args=(connection,), daemon=True).start()
 
-    def _read(self, stream) -> None:
-        while len(head := stream.read(2)) == 2:
-            opcode, length = head[0] & 0x0F, head[1] & 0x7F
-            if length >= 126:
-                length = int.from_bytes(stream.read(2 if length == 126 else 8), "big")
-            payload = stream.read(length)
-            if opcode == 0x8:
+    def _read(self, connection) -> None:
+        while True:
+            try:
+                message = connection.recv()
+            except (websocket.WebSocketConnectionClosedException, OSError):
                 return
-            if opcode == 0x1:  # text; binary frames are preview images
-                message = json.loads(payload)
+            if isinstance(message, str):  # binary frames are preview images
+                message = json.loads(message)
                 with self._lock:
                     self._messages.append((time.monotonic(), message["type"], message.get("data") or {}))
 

@@ -2,28 +2,24 @@
 the host's cache re-runs no face analysis when only the prompt or the seed changes."""
 import json
 import math
-import os
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-pytestmark = pytest.mark.host
+from dev_env import comfyui_path, host_python
 
 REPO = Path(__file__).resolve().parents[2]
+
+# Several minutes on 2 CPU cores: the default test command deselects it; `pytest -m benchmark` runs it.
+pytestmark = [pytest.mark.host, pytest.mark.benchmark]
 FACE_ANALYSIS_STAGES = {"face_parsing", "insightface", "clip_regions", "clip_whole_image", "projection"}
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    comfyui_path = os.environ.get("COMFYUI_PATH")
-    if not comfyui_path:
-        pytest.skip("COMFYUI_PATH is not set: the benchmark needs a ComfyUI checkout")
     out = tmp_path_factory.mktemp("benchmark") / "smoke.json"
-    command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "benchmarks/run.py", "--comfyui", comfyui_path,
-               "--smoke", "--out", str(out)]
+    command = [str(host_python()), "benchmarks/run.py", "--comfyui", str(comfyui_path()), "--smoke", "--out", str(out)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return json.loads(out.read_text()), done.stdout

@@ -5,7 +5,7 @@ twin in ``tests/host/workflows/`` (what ``/prompt`` takes, with ``_meta.title`` 
 Widget order, socket types and defaults come from a running server's ``/object_info``. After changing a
 definition or a node's inputs, regenerate the files with a headless ComfyUI:
 
-    COMFYUI_PATH=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/its/python python tests/host/workflows.py
+    .venv/bin/python tests/host/workflows.py   (the host that ``tests/dev_env.py`` finds)
 """
 import copy
 import json
@@ -470,14 +470,15 @@ def write_files(object_info: dict) -> list[Path]:
 
 
 if __name__ == "__main__":
-    import os
     import sys
     import tempfile
 
+    sys.path.insert(0, str(REPO / "tests"))
     from comfy_host import ComfyServer
+    from dev_env import comfyui_path, host_python
 
     with tempfile.TemporaryDirectory() as base:
-        server = ComfyServer(Path(os.environ["COMFYUI_PATH"]), os.environ.get("COMFYUI_PYTHON", sys.executable), base)
+        server = ComfyServer(comfyui_path(), str(host_python()), base)
         server.start()
         try:
             for path in write_files(server.object_info()):

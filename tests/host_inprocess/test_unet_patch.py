@@ -1,75 +1,18 @@
-"""The UNet patch and the merge-step switch inside a real ComfyUI, imported in-process from ``COMFYUI_PATH``.
+"""The UNet patch and the merge-step switch inside a real ComfyUI, imported in-process (see conftest.py).
 
-Run with the host's Python, e.g. ``COMFYUI_PATH=/work/ComfyUI /work/comfy-venv/bin/python -m pytest
-tests/host/test_unet_patch.py``. The UNet is the full-size random SD1.5 of ``weightgen.host_models``; the
-merge-step runs replace it by a model function that records the conditioning and returns zeros, so many
-samplers and schedulers stay fast on a CPU.
+The UNet is the full-size random SD1.5 of ``weightgen.host_models``; the merge-step runs replace it by a
+model function that records the conditioning and returns zeros, so many samplers and schedulers stay fast
+on a CPU.
 """
 import collections
 import copy
-import importlib
 import logging
-import os
-import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-PACK = "consistentid_pack_under_test"
 TEXT, FACIAL, NEGATIVE = 1.0, 2.0, -1.0  # fill values of the three conditionings, read back as fingerprints
-
-
-@pytest.fixture(scope="module")
-def host():
-    path = os.environ.get("COMFYUI_PATH")
-    if not path:
-        pytest.skip("COMFYUI_PATH is not set: in-process host tests need a ComfyUI checkout")
-    if path not in sys.path:
-        sys.path.insert(0, path)
-    try:
-        from comfy.cli_args import args
-
-        args.cpu = True
-        import comfy.model_management
-        import comfy.sample
-        import comfy.sd
-    except ImportError as err:
-        pytest.skip(f"this Python cannot import the ComfyUI at {path} ({err}); run with the host's Python")
-
-    return types.SimpleNamespace(path=path, mm=comfy.model_management, sample=comfy.sample, sd=comfy.sd)
-
-
-@pytest.fixture(scope="module")
-def pack(host):
-    """``nodes.unet_patch`` and ``nodes.merge_step`` imported as the host would, through the pack's package,
-    without running its ``__init__`` files (they register every node of the pack)."""
-    for name, folder in ((PACK, REPO), (f"{PACK}.nodes", REPO / "nodes")):
-        if name not in sys.modules:
-            module = types.ModuleType(name)
-            module.__path__ = [str(folder)]
-            sys.modules[name] = module
-    load = lambda name: importlib.import_module(f"{PACK}.{name}")  # noqa: E731
-    return types.SimpleNamespace(unet_patch=load("nodes.unet_patch"), merge_step=load("nodes.merge_step"),
-                                 checkpoint=load("consistentid_core.checkpoint"),
-                                 errors=load("consistentid_core.errors"), layout=load("consistentid_core.unet_layout"),
-                                 attention=load("consistentid_core.attention"))
-
-
-@pytest.fixture(scope="module")
-def base(host):
-    """The caller's MODEL: a full-size random SD1.5 UNet as ModelPatcher."""
-    from safetensors import safe_open
-    from weightgen.host_models import cached_host_models
-
-    path = cached_host_models(None, Path(host.path))["sd15_checkpoint"]
-    with safe_open(path, "pt") as f:
-        sd = {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.diffusion_model.")}
-    model = host.sd.load_diffusion_model_state_dict(sd)
-    assert type(model.model.model_config).__name__ == "SD15"
-    return model
 
 
 def _weights(pack, arch="sd15", rank=4, seed=0, with_adapter=True):
