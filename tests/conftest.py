@@ -9,12 +9,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-
-def unavailable(reason: str):
-    """Skip on a developer's machine that lacks a fixture's data; fail in CI, where everything must run."""
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
+from dev_env import unavailable  # noqa: E402
 
 
 def _shared_dir() -> Path:

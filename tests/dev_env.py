@@ -33,6 +33,15 @@ class HostNotFound(RuntimeError):
     pass
 
 
+def unavailable(reason: str):
+    """For a test whose data or tool is missing: skip on a developer's machine, fail in CI."""
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("CONSISTENTID_TEST_CACHE", Path.home() / ".cache" / "consistentid-tests"))
 

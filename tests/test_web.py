@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import unavailable
+from dev_env import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB_DIR = ROOT / "web" / "js"
