@@ -15,7 +15,6 @@ from .clip_vision import encode_penultimate, zero_image_features
 from .common import CATEGORY, errors_named
 from .managed import compute_dtype, on_device
 from .merge_step import NODES as MERGE_NODES
-from .merge_step import install_merge_wrapper
 from .types import ConsistentID, InsightFace
 from .unet_patch import apply_to_model, check_model_arch
 
@@ -69,8 +68,9 @@ class ConsistentIDApply(io.ComfyNode):
             category=CATEGORY,
             description="Patches a copy of the MODEL with ConsistentID: merges the adapter's LoRA into every "
                         "attention layer and adds 4 face-ID tokens (ArcFace + CLIP-H of the reference photo) "
-                        "through extra cross-attention. Use its MODEL for the sampler and for ConsistentID "
-                        "Merge Step Scheduler. Face analysis runs once and is cached until the photo changes.",
+                        "through extra cross-attention. Connect its MODEL to ConsistentID Merge Step "
+                        "Scheduler, whose MODEL goes to the sampler. Face analysis runs once and is cached "
+                        "until the photo changes.",
             inputs=[
                 io.Model.Input("model", tooltip="An SD1.5 (or SDXL) model; it is cloned, never changed."),
                 ConsistentID.Input("consistentid", tooltip="From ConsistentID Loader, for the same base model."),
@@ -104,7 +104,6 @@ class ConsistentIDApply(io.ComfyNode):
             if tokens is None:
                 tokens, weight = (None, None), 0.0
             patched = apply_to_model(model, consistentid.weights, *tokens, weight, start_at, end_at, lora_strength)
-            install_merge_wrapper(patched)
             return io.NodeOutput(patched)
 
 

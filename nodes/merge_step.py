@@ -1,32 +1,21 @@
 """The exact merge step: the text-only positive for steps ``0..merge_step``, the facial positive after
-(official ``i <= start_merge_step``, spec §5.2 and §10 item 3), for every sampler and scheduler.
+(official ``i <= start_merge_step``, docs/method.md §5.2), for every sampler and scheduler.
 
-Design
-------
-ComfyUI switches conditionings by sigma only (ConditioningSetTimestepRange). A sigma boundary is exact
-for samplers that evaluate each step once at its own sigma, but not for heun, dpm_2, ...: their extra
-evaluations fall on either side of it (COMFYUI_HOST.md §4). So the switch is made per model evaluation:
+ComfyUI switches conditionings by sigma only (ConditioningSetTimestepRange), which is not exact for
+samplers that evaluate a step on both sides of a sigma boundary (heun, dpm_2, ...). So the switch is made
+per model evaluation, by step:
 
 * ``MergeStepScheduler`` outputs one positive CONDITIONING holding the text-only and the facial entries,
-  each tagged under ``TAG_KEY`` with a :class:`MergePhase`. Facial entries carry an empty timestep range
-  (100 %–100 %, i.e. sigma 0, which no sampler evaluates), so a MODEL without our wrapper samples with the
-  text-only prompt; the node warns when its MODEL input lacks the wrapper.
-* :func:`install_merge_wrapper` (ConsistentIDApply calls it) adds two wrappers:
-  ``SAMPLER_SAMPLE`` runs once per sampler run: it records the run's sigmas and finds where they start in
-  the full schedule of the tag's steps and scheduler (KSamplerAdvanced's ``start_at_step``; KSampler's
-  schedule with or without the penultimate sigma it drops for dpm_2/uni_pc).
-  ``CALC_COND_BATCH`` runs per model evaluation: it finds the step the evaluation belongs to and passes
-  on only the entries of that step's phase, the facial ones with their own timestep range restored.
-* Which step: every k-diffusion sampler evaluates the model inside ``for i in trange(len(sigmas) - 1)``;
-  the index ``i`` of the frame that loops over this run's ``sigmas`` is the exact step, for the extra
-  evaluations of second-order samplers too. The sampler callback is not an exact signal: it fires after
-  a step's first evaluation, and heun's end-point evaluation has the same sigma and input as the next
-  step's first one. Samplers without such a loop (uni_pc, dpm_fast/adaptive, custom samplers) get the
-  step from the sigma, the last schedule sigma at or above it: exact for uni_pc, which evaluates each
-  step once at its own sigma.
+  each tagged under ``TAG_KEY`` with a :class:`MergePhase`, and the MODEL to sample with: its input MODEL
+  cloned, with the wrappers below. Facial entries carry an empty timestep range (100 %–100 %, i.e. sigma 0,
+  which no sampler evaluates), so a MODEL without the wrappers samples with the text-only prompt.
+* ``sampling_step`` tells each model evaluation its step in the run; ``SAMPLER_SAMPLE`` finds where the run
+  starts in the full schedule of the tag's steps and scheduler (KSamplerAdvanced's ``start_at_step``;
+  KSampler's schedule with or without the penultimate sigma it drops for dpm_2/uni_pc), and
+  ``CALC_COND_BATCH`` passes on only the entries of the evaluation's phase, the facial ones with their own
+  timestep range restored.
 """
 import logging
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +24,9 @@ import comfy.samplers
 from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import io
 
+from ..consistentid_core.errors import ConsistentIDError
 from .common import CATEGORY
+from .sampling_step import OPTION_KEY, install_step_tracking
 
 TAG_KEY = "consistentid_merge"
 WRAPPER_KEY = "consistentid_merge"
@@ -105,17 +96,6 @@ class _Run:
             self._offsets[key] = offset
         return self._offsets[key]
 
-    def step(self, timestep: torch.Tensor) -> int:
-        """Index in this run's sigmas of the step the current model evaluation belongs to."""
-        frame = sys._getframe(1)
-        while frame is not None and frame.f_code is not _sampler_sample.__code__:
-            local = frame.f_locals
-            if local.get("sigmas") is self.sigmas and isinstance(local.get("i"), int):
-                return local["i"]
-            frame = frame.f_back
-        sigma = float(timestep.max())
-        return max(int((self.cpu_sigmas[:-1] >= sigma * (1 - 1e-5)).sum()) - 1, 0)
-
     def activated(self, cond: dict) -> dict:
         if id(cond) not in self._restored:
             start, end = cond[TAG_KEY].percent_range
@@ -123,15 +103,12 @@ class _Run:
                                         "timestep_end": self.sampling.percent_to_sigma(end)}
         return self._restored[id(cond)]
 
-    def select(self, conds: list, timestep: torch.Tensor) -> list:
-        step = None
+    def select(self, conds: list, step: int) -> list:
         out = []
         for cond in conds:
             if cond is None or not any(TAG_KEY in c for c in cond):
                 out.append(cond)
                 continue
-            if step is None:
-                step = self.step(timestep)
             kept = [c for c in cond if TAG_KEY not in c or c[TAG_KEY].active(step + self.offset(c[TAG_KEY]))]
             out.append([self.activated(c) if TAG_KEY in c and c[TAG_KEY].facial else c for c in kept])
         return out
@@ -146,22 +123,24 @@ def _sampler_sample(executor, guider, sigmas, extra_args, *args, **kwargs):
 def _calc_cond_batch(executor, model, conds, x_in, timestep, model_options):
     run = model_options.get(_RUN_KEY)
     if run is not None:
-        conds = run.select(conds, timestep)
+        conds = run.select(conds, model_options["transformer_options"][OPTION_KEY].step)
     return executor(model, conds, x_in, timestep, model_options)
 
 
 _WRAPPERS = ((WrappersMP.SAMPLER_SAMPLE, _sampler_sample), (WrappersMP.CALC_COND_BATCH, _calc_cond_batch))
 
 
-def install_merge_wrapper(model_patcher) -> None:
-    """Make ``model_patcher`` (already a clone) honour MergeStepScheduler conditionings exactly."""
+def with_merge_wrapper(model_patcher):
+    """A clone of ``model_patcher`` that honours MergeStepScheduler conditionings exactly."""
+    patched = model_patcher.clone()
+    install_step_tracking(patched)
     for kind, wrapper in _WRAPPERS:
-        model_patcher.remove_wrappers_with_key(kind, WRAPPER_KEY)
-        model_patcher.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
+        patched.remove_wrappers_with_key(kind, WRAPPER_KEY)
+        patched.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
+    return patched
 
 
-def has_merge_wrapper(model_patcher) -> bool:
-    return all(model_patcher.get_wrappers(kind, WRAPPER_KEY) for kind, _ in _WRAPPERS)
+MERGE_STEP_NODE = "ConsistentID Merge Step Scheduler"
 
 
 class MergeStepScheduler(io.ComfyNode):
@@ -169,23 +148,23 @@ class MergeStepScheduler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ConsistentIDMergeStepScheduler",
-            display_name="ConsistentID Merge Step Scheduler",
+            display_name=MERGE_STEP_NODE,
             category=CATEGORY,
             description="Combines the text-only and the facial positive into one conditioning that uses the "
                         "text-only prompt for steps 0 to merge_step and the facial prompt after, exactly per "
                         "sampler step as the official ConsistentID (50 steps, merge at 30), for every sampler "
-                        "and scheduler. Needs the MODEL from ConsistentIDApply; any other model samples with "
-                        "the text-only prompt alone.",
+                        "and scheduler. Sample with the MODEL it outputs: the switch happens in that model.",
             inputs=[
-                io.Model.Input("model", tooltip="The MODEL from ConsistentIDApply, the one the sampler uses; "
-                                                "a model without ConsistentID ignores the facial prompt."),
+                io.Model.Input("model", tooltip="The MODEL from ConsistentID Apply; its copy at this node's "
+                                                "output is the one to sample with."),
                 io.Conditioning.Input("text_only", tooltip="Positive for the early steps: the prompt without "
                                                            "the facial features (FacialEncoder's text_only)."),
                 io.Conditioning.Input("facial", tooltip="Positive for the steps after merge_step: the prompt "
                                                         "with the facial features fused in."),
                 io.Int.Input("merge_step", default=30, min=0, max=10000,
                              tooltip="Last step (0-based) that uses the text-only prompt; the official value is "
-                                     "30 of 50. Counted over the whole schedule, also in KSamplerAdvanced."),
+                                     "30 of 50. Must be below steps. Counted over the whole schedule, also in "
+                                     "KSamplerAdvanced."),
                 io.Int.Input("steps", default=50, min=1, max=10000,
                              tooltip="The sampler's total steps; used to place KSamplerAdvanced's "
                                      "start_at_step in the schedule."),
@@ -193,16 +172,34 @@ class MergeStepScheduler(io.ComfyNode):
                                tooltip="The sampler's scheduler; used with steps to place a partial "
                                        "(KSamplerAdvanced) run in the full schedule."),
             ],
-            outputs=[io.Conditioning.Output(display_name="positive")],
+            outputs=[io.Model.Output(display_name="model"), io.Conditioning.Output(display_name="positive")],
         )
 
     @classmethod
+    def validate_inputs(cls, merge_step=None, steps=None):
+        # Linked values are not known yet here; execute checks them.
+        problem = None if merge_step is None or steps is None else _merge_step_problem(merge_step, steps)
+        return str(problem) if problem else True
+
+    @classmethod
     def execute(cls, model, text_only, facial, merge_step, steps, scheduler) -> io.NodeOutput:
-        if not has_merge_wrapper(model):
-            logging.warning("ConsistentID MergeStepScheduler: the MODEL was not patched by ConsistentIDApply, "
-                            "so sampling uses the text-only prompt for every step. Connect the MODEL output of "
-                            "ConsistentIDApply to this node and to the sampler.")
-        return io.NodeOutput(merge_conditioning(text_only, facial, merge_step, steps, scheduler))
+        problem = _merge_step_problem(merge_step, steps)
+        if problem:
+            raise problem
+        return io.NodeOutput(with_merge_wrapper(model), merge_conditioning(text_only, facial, merge_step, steps,
+                                                                           scheduler))
+
+
+def _merge_step_problem(merge_step: int, steps: int) -> ConsistentIDError | None:
+    """A merge step at or past the last step would never use the facial prompt."""
+    if steps >= 1 and 0 <= merge_step < steps:
+        return None
+    steps = max(steps, 1)
+    return ConsistentIDError(
+        f"merge_step {merge_step} is not a step of a {steps}-step run (0 to {steps - 1}), so the facial prompt "
+        f"would never be used.",
+        f"Set merge_step below steps: the official 30 of 50 is 60 %, i.e. {min(round(steps * 0.6), steps - 1)} "
+        f"for {steps} steps; and set steps to the sampler's.").attach_node(MERGE_STEP_NODE)
 
 
 NODES = [MergeStepScheduler]

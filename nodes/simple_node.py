@@ -86,9 +86,9 @@ class ConsistentIDSimple(io.ComfyNode):
         patched = graph.node("ConsistentIDApply", model=model, consistentid=adapter.out(0), clip_vision=clip_vision,
                              insightface=insightface.out(0), image=image, weight=weight, lora_strength=1.0,
                              start_at=0.0, end_at=1.0, on_no_face="error")
-        positive = graph.node("ConsistentIDMergeStepScheduler", model=patched.out(0), text_only=encoded.out(0),
-                              facial=encoded.out(1), merge_step=merge_step, steps=steps, scheduler=scheduler)
-        return io.NodeOutput(patched.out(0), positive.out(0), encoded.out(2), expand=graph.finalize())
+        merged = graph.node("ConsistentIDMergeStepScheduler", model=patched.out(0), text_only=encoded.out(0),
+                            facial=encoded.out(1), merge_step=merge_step, steps=steps, scheduler=scheduler)
+        return io.NodeOutput(merged.out(0), merged.out(1), encoded.out(2), expand=graph.finalize())
 
 
 NODES = [ConsistentIDSimple]

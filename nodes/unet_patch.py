@@ -1,20 +1,32 @@
 """Puts a ConsistentID adapter on a ComfyUI MODEL: the attention LoRA as weight patches, the face-ID tokens
-as attn2 replacements (DESIGN.md §3, spec §5.3 and §11).
+as attn2 replacements (docs/method.md §5.3 and §7).
 
 The LoRA goes through ``add_patches`` with ``LoRAAdapter`` (alpha ``None`` is factor 1, as the official
 ``network_alpha=None``), so it composes with other LoRAs and low-VRAM loading and costs nothing per step.
 Every cross-attention, the middle block's included (the official code gives every attention a processor),
 gets one replacement adding ``weight · SDPA(q, k_ip, v_ip)`` before ``to_out``; the ID tokens' keys and
-values are projected once, not per step.
+values are projected once, in head layout, not per step.
+
+Other packs replace the same attention layers (docs/method.md §7): the host calls the replacement at
+``(block, number, transformer_index)`` if there is one, else the one at ``(block, number)``, and packs such as
+IPAdapter_plus, InstantID and PuLID stack onto a replacement they find at their key by calling its
+``add(callback, **kwargs)``. So ours chains whatever the host would have called before it, offers ``add``, and
+sits at the 3-tuple key and, where the block holds a single transformer (all of SD1.5, whose packs use the
+2-tuple key), at the 2-tuple key too.
 """
+import collections
+import copy
+import math
+
 import torch
 from comfy.ldm.modules.attention import optimized_attention
 from comfy.weight_adapter import LoRAAdapter
 
-from ..consistentid_core.attention import ip_attention, ip_weights, lora_deltas
+from ..consistentid_core.attention import ip_weights, lora_deltas
 from ..consistentid_core.checkpoint import RELEASE_FILES, ConsistentIDWeights
-from ..consistentid_core.errors import ModelMismatchError
-from ..consistentid_core.unet_layout import ARCH_NAMES, CROSS_ATTENTION_DIM
+from ..consistentid_core.errors import ConsistentIDError, ModelMismatchError
+from ..consistentid_core.unet_layout import ARCH_NAMES, CROSS_ATTENTION_DIM, PROCESSORS
+from .sampling_step import OPTION_KEY, install_step_tracking
 
 _ARCH_OF_CONTEXT_DIM = {dim: arch for arch, dim in CROSS_ATTENTION_DIM.items()}
 
@@ -22,8 +34,8 @@ _ARCH_OF_CONTEXT_DIM = {dim: arch for arch, dim in CROSS_ATTENTION_DIM.items()}
 class FaceIDAttention:
     """attn2 replacement of one cross-attention block: text attention plus the face-ID branch.
 
-    ``kv`` holds ``(k_ip, v_ip)``, each ``[2, T, h]``: row 0 projects the positive ID tokens, row 1 the
-    negative ones; ``cond_or_uncond`` picks the row of each batch chunk.
+    ``kv`` holds ``(k_ip, v_ip)``, each ``[2, heads, T, d]``: row 0 projects the positive ID tokens, row 1
+    the negative ones; ``cond_or_uncond`` picks the row of each batch chunk.
     """
 
     def __init__(self, kv: tuple[torch.Tensor, torch.Tensor], weight: float,
@@ -31,13 +43,26 @@ class FaceIDAttention:
         self.kv = kv
         self.weight = weight
         self.sigma_range = sigma_range
-        # Another pack's replacement of the same block keeps working: it computes the text attention.
+        # What the host would have called here without us (another pack's replacement): it computes the text
+        # attention, with that pack's own branch.
         self.previous = previous
+        self.added: list[tuple] = []
         self._layouts: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def add(self, callback, **kwargs) -> None:
+        """Another pack's attention branch, stacked the way IPAdapter_plus's ``Attn2Replace.add`` stacks them:
+        ``callback(out, q, k, v, extra_options, **kwargs)`` is added to the output while the sigma lies in
+        ``[kwargs["sigma_end"], kwargs["sigma_start"]]``."""
+        self.added.append((callback, kwargs))
+
     def __deepcopy__(self, memo):
-        # ModelPatcher.clone() deep-copies model_options; the tensors here never change after creation.
-        return self
+        # ModelPatcher.clone() deep-copies model_options: the copy gets its own stack for ``add`` (a pack that
+        # adds to a clone must not change the original), and shares the tensors, which never change.
+        copied = copy.copy(self)
+        memo[id(self)] = copied
+        copied.added = list(self.added)
+        copied.previous = copy.deepcopy(self.previous, memo)
+        return copied
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         heads = extra_options["n_heads"]
@@ -46,15 +71,37 @@ class FaceIDAttention:
         else:
             out = optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"),
                                       transformer_options=extra_options)
-        ip = ip_attention(q, *self._batched(q, extra_options.get("cond_or_uncond", [0])), heads)
-        if self.sigma_range is None:
-            return torch.add(out, ip, alpha=self.weight)
-        sigma = extra_options["sigmas"][:1]
-        return out + self.weight * ((sigma <= self.sigma_range[0]) & (sigma >= self.sigma_range[1])).to(q.dtype) * ip
+        if self.added:
+            out = self._add_stacked(out, q, k, v, extra_options)
+        if self.sigma_range is not None and not self._in_range(extra_options):
+            return out
+        b, n, inner = q.shape
+        k_ip, v_ip = self._batched(q, heads, extra_options.get("cond_or_uncond", [0]))
+        ip = torch.nn.functional.scaled_dot_product_attention(q.view(b, n, heads, inner // heads).transpose(1, 2),
+                                                              k_ip, v_ip)
+        # In out's own [B, N, heads, d] layout, so the sum needs no copy back.
+        return torch.add(out.view(b, n, heads, -1), ip.transpose(1, 2), alpha=self.weight).view(b, n, inner)
 
-    def _batched(self, q: torch.Tensor, chunks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(k_ip, v_ip)`` ``[B, T, h]`` for this batch layout in q's dtype and device, built once per layout:
-        a sampling run repeats a handful of layouts, so steps only look them up."""
+    def _in_range(self, extra_options: dict) -> bool:
+        step = extra_options.get(OPTION_KEY)
+        # Without the step wrapper (a sampler outside ComfyUI's KSAMPLER path) the sigma is read off the device.
+        sigma = step.sigma if step is not None else float(extra_options["sigmas"].max())
+        return self.sigma_range[1] <= sigma <= self.sigma_range[0]
+
+    def _add_stacked(self, out, q, k, v, extra_options):
+        sigma = None
+        for callback, kwargs in self.added:
+            if "sigma_start" in kwargs:
+                if sigma is None:
+                    sigma = float(extra_options["sigmas"].detach().cpu()[0]) if "sigmas" in extra_options else math.inf
+                if not kwargs["sigma_end"] <= sigma <= kwargs["sigma_start"]:
+                    continue
+            out = out + callback(out, q, k, v, extra_options, **kwargs)
+        return out.to(q.dtype)
+
+    def _batched(self, q: torch.Tensor, heads: int, chunks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(k_ip, v_ip)`` ``[B, heads, T, d]`` for this batch layout in q's dtype and device, built once per
+        layout: a sampling run repeats a handful of layouts, so steps only look them up."""
         rows = q.shape[0] // len(chunks)
         key = (tuple(chunks), rows, q.dtype, q.device)
         if key not in self._layouts:
@@ -83,9 +130,10 @@ def check_model_arch(model, weights: ConsistentIDWeights) -> None:
         f"'{weights.name}' is an {weights.arch_name} ConsistentID adapter, but the MODEL is {model_name}.", fix)
 
 
-def _id_kv(tokens: torch.Tensor, uncond: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor):
+def _id_kv(tokens: torch.Tensor, uncond: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor, heads: int):
+    """Keys and values of the positive and negative ID tokens, ``[2, heads, T, d]`` each."""
     both = torch.stack([tokens, uncond]).float()
-    return both @ w_k.float().T, both @ w_v.float().T
+    return tuple((both @ w.float().T).unflatten(-1, (heads, -1)).transpose(1, 2).contiguous() for w in (w_k, w_v))
 
 
 def apply_to_model(model, weights: ConsistentIDWeights, cond_tokens: torch.Tensor, uncond_tokens: torch.Tensor,
@@ -97,6 +145,9 @@ def apply_to_model(model, weights: ConsistentIDWeights, cond_tokens: torch.Tenso
     ``[start_at, end_at]`` part of the schedule (percent, as ConditioningSetTimestepRange).
     """
     check_model_arch(model, weights)
+    if start_at > end_at:
+        raise ConsistentIDError(f"start_at {start_at} is after end_at {end_at}, so the face-ID tokens would "
+                                f"never be used.", "Set start_at below end_at (the official range is 0 to 1).")
     patched = model.clone()
     if lora_strength != 0.0:
         deltas = {key: LoRAAdapter(set(), (up, down, None, None, None, None))
@@ -113,11 +164,20 @@ def apply_to_model(model, weights: ConsistentIDWeights, cond_tokens: torch.Tenso
     sigma_range = None
     if start_at > 0.0 or end_at < 1.0:
         sigma_range = (sampling.percent_to_sigma(start_at), sampling.percent_to_sigma(end_at))
+        install_step_tracking(patched)
     tokens = cond_tokens.detach().cpu().reshape(1, -1, cond_tokens.shape[-1])[0]
     # Repeating the negative tokens to the same count leaves their attention output unchanged.
     uncond = uncond_tokens.detach().cpu()[0].repeat(tokens.shape[0] // uncond_tokens.shape[1], 1)
     replaced = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
-    for key, (w_k, w_v) in ip_weights(weights.adapter, weights.arch).items():
-        patch = FaceIDAttention(_id_kv(tokens, uncond, w_k, w_v), weight, sigma_range, replaced.get(key))
+    id_weights = ip_weights(weights.adapter, weights.arch)
+    cross = [p for p in PROCESSORS[weights.arch] if p.kind == "cross"]
+    transformers_in_block = collections.Counter(p.block for p in cross)
+    for p in cross:
+        key = (*p.block, p.transformer_index)
+        heads = patched.get_model_object(f"diffusion_model.{p.ldm_module}").heads
+        previous = replaced.get(key, replaced.get(p.block))
+        patch = FaceIDAttention(_id_kv(tokens, uncond, *id_weights[key], heads), weight, sigma_range, previous)
         patched.set_model_attn2_replace(patch, *key)
+        if transformers_in_block[p.block] == 1:
+            patched.set_model_attn2_replace(patch, *p.block)
     return patched

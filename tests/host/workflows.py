@@ -88,8 +88,8 @@ Upload a clear photo of **one face** in *Reference face*, write the prompt in *C
 - `clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors` (IP-Adapter's image encoder, renamed)
 - `insightface/models/buffalo_l/` (det_10g.onnx, w600k_r50.onnx)
 
-Official settings: 512×768, 50 steps, merge step 30, CFG 5, euler / normal. Keep the steps and scheduler of
-*Merge Step Scheduler* equal to the KSampler's. Face parsing, InsightFace and CLIP vision run once per photo;
+Official settings: 512×768, 50 steps, merge step 30, CFG 5, euler / normal. Sample with the MODEL of
+*Merge Step Scheduler* and keep its steps and scheduler equal to the KSampler's. Face parsing, InsightFace and CLIP vision run once per photo;
 changing the prompt or the seed reuses them."""
 
 
@@ -114,7 +114,7 @@ def _identity(g: Graph) -> dict[str, Link]:
     g.group("Models", "#3f789e", ckpt, adapter, vision, parser, insightface)
     g.group("Reference face", "#8a6e3f", photo, parsed, preview, embeds)
     g.group("ConsistentID", "#5a3f8a", encoder, apply, merge)
-    return {"model": apply[0], "positive": merge[0], "negative": encoder[2], "vae": ckpt[2], "photo": photo[0]}
+    return {"model": merge[0], "positive": merge[1], "negative": encoder[2], "vae": ckpt[2], "photo": photo[0]}
 
 
 def _sample(g: Graph, column: int, model: Link, positive: Link, negative: Link, latent: Link, vae: Link) -> None:

@@ -8,10 +8,12 @@ import collections
 import copy
 import logging
 import types
+from pathlib import Path
 
 import pytest
 import torch
 
+REPO = Path(__file__).resolve().parents[2]
 TEXT, FACIAL, NEGATIVE = 1.0, 2.0, -1.0  # fill values of the three conditionings, read back as fingerprints
 
 
@@ -59,24 +61,55 @@ def _sample(host, model, positive, steps=1, sampler="euler", scheduler="normal",
 
 # ---------------------------------------------------------------------------------------------- UNet patch
 
+def _flat(kv: torch.Tensor) -> torch.Tensor:
+    """``[rows, heads, T, d]`` keys or values as ``[rows, T, heads·d]``."""
+    return kv.transpose(1, 2).flatten(2)
+
+
 def test_patch_picks_cond_or_uncond_tokens_per_batch_chunk(host, pack):
     from comfy.ldm.modules.attention import optimized_attention
 
     g = torch.Generator().manual_seed(0)
-    k_ip, v_ip = torch.randn(2, 4, 8, generator=g), torch.randn(2, 4, 8, generator=g)
+    k_ip, v_ip = torch.randn(2, 2, 4, 4, generator=g), torch.randn(2, 2, 4, 4, generator=g)
     q, k, v = torch.randn(4, 6, 8, generator=g), torch.randn(4, 3, 8, generator=g), torch.randn(4, 3, 8, generator=g)
     options = {"n_heads": 2, "attn_precision": None, "cond_or_uncond": [1, 0], "sigmas": torch.tensor([5.0, 5.0])}
     patch = pack.unet_patch.FaceIDAttention((k_ip, v_ip), 0.7, None)
     # Chunk 0 is the negative (rows 0-1), chunk 1 the positive (rows 2-3).
     rows = torch.tensor([1, 1, 0, 0])
-    expected = optimized_attention(q, k, v, 2) + 0.7 * pack.attention.ip_attention(q, k_ip[rows], v_ip[rows], 2)
+    ip = pack.attention.ip_attention(q, _flat(k_ip)[rows], _flat(v_ip)[rows], 2)
+    expected = optimized_attention(q, k, v, 2) + 0.7 * ip
     torch.testing.assert_close(patch(q, k, v, options), expected)
 
     outside = pack.unet_patch.FaceIDAttention((k_ip, v_ip), 0.7, (4.0, 1.0))
     torch.testing.assert_close(outside(q, k, v, options), optimized_attention(q, k, v, 2))
     inside = pack.unet_patch.FaceIDAttention((k_ip, v_ip), 0.7, (6.0, 1.0))
     torch.testing.assert_close(inside(q, k, v, options), expected)
-    assert copy.deepcopy(patch) is patch
+    # The step wrapper's host-side sigma decides when present: no device read inside the UNet.
+    step = pack.load("nodes.sampling_step").StepInfo(0, 3.0, (3.0, 0.0))
+    torch.testing.assert_close(outside(q, k, v, {**options, "consistentid_step": step}), expected)
+
+
+def test_patch_stacks_other_packs_with_add_and_clones_keep_their_own_stack(host, pack):
+    """The ``.add(callback, **kwargs)`` protocol of IPAdapter_plus's Attn2Replace (also InstantID, PuLID)."""
+    from comfy.ldm.modules.attention import optimized_attention
+
+    g = torch.Generator().manual_seed(0)
+    k_ip, v_ip = torch.randn(2, 2, 4, 4, generator=g), torch.randn(2, 2, 4, 4, generator=g)
+    q, k, v = torch.randn(2, 6, 8, generator=g), torch.randn(2, 3, 8, generator=g), torch.randn(2, 3, 8, generator=g)
+    options = {"n_heads": 2, "cond_or_uncond": [0, 1], "sigmas": torch.tensor([5.0, 5.0])}
+    patch = pack.unet_patch.FaceIDAttention((k_ip, v_ip), 1.0, None)
+    alone = patch(q, k, v, options)
+    extra = lambda out, q, k, v, extra_options, scale, **kw: scale * torch.ones_like(out)  # noqa: E731
+    clone = copy.deepcopy(patch)
+    clone.add(extra, scale=2.0, sigma_start=10.0, sigma_end=0.0)
+    clone.add(extra, scale=100.0, sigma_start=4.0, sigma_end=0.0)  # outside its range at sigma 5
+    torch.testing.assert_close(clone(q, k, v, options), alone + 2.0)
+    torch.testing.assert_close(patch(q, k, v, options), alone)
+    assert clone.kv is patch.kv and patch.added == []
+
+    chained = pack.unet_patch.FaceIDAttention((k_ip, v_ip), 1.0, None, previous=lambda q, k, v, o: optimized_attention(
+        q, k, v, o["n_heads"]) + 1.0)
+    torch.testing.assert_close(chained(q, k, v, options), alone + 1.0)
 
 
 def test_sd15_adapter_on_sdxl_model_is_refused(host, pack):
@@ -108,8 +141,11 @@ def test_unet_pass_lora_and_caller_untouched(host, pack, base):
     assert patched is not base and base.patches == {}
 
     attn2 = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
-    assert patched.clone().model_options["transformer_options"]["patches_replace"]["attn2"][("middle", 0, 0)] \
-        is attn2[("middle", 0, 0)]
+    cloned = patched.clone().model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert cloned[("middle", 0, 0)] is not attn2[("middle", 0, 0)]
+    assert cloned[("middle", 0, 0)].kv is attn2[("middle", 0, 0)].kv
+    # SD1.5 blocks hold one transformer each: the patch also sits at the 2-tuple key other SD1.5 packs use.
+    assert attn2[("middle", 0)] is attn2[("middle", 0, 0)] and len(attn2) == 32
     fired, shapes = collections.Counter(), set()
 
     def counting(key, patch):
@@ -153,7 +189,7 @@ def test_reference_tokens_are_attended_together_and_lora_strength_zero_skips_lor
     patched = pack.unet_patch.apply_to_model(base, weights, tokens, uncond, weight=0.5, lora_strength=0.0)
     assert patched.patches == {}
     patch = patched.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 1, 0)]
-    k_ip, v_ip = patch.kv
+    k_ip, v_ip = (_flat(t) for t in patch.kv)
     w_k, w_v = pack.attention.ip_weights(weights.adapter, "sd15")[("input", 1, 0)]
     torch.testing.assert_close(k_ip[0], tokens.reshape(8, 768) @ w_k.T)
     torch.testing.assert_close(v_ip[1], uncond[0].repeat(2, 1) @ w_v.T)
@@ -162,8 +198,11 @@ def test_reference_tokens_are_attended_together_and_lora_strength_zero_skips_lor
 
 # ---------------------------------------------------------------------------------------------- merge step
 
-# Model evaluations per step of each sampler; the last step (to sigma 0) of heun and dpm_2 evaluates once.
-EVALS_PER_STEP = {"euler": 1, "dpmpp_2m": 1, "uni_pc": 1, "heun": 2, "dpm_2": 2}
+# Model evaluations per step of each sampler; the last step (to sigma 0) of the two-evaluation ones evaluates
+# once; heunpp2 evaluates a step's start and its next two sigmas (docs/method.md §7).
+EVALS_PER_STEP = {"euler": 1, "euler_ancestral": 1, "lms": 1, "dpmpp_2m": 1, "dpmpp_2m_sde": 1, "uni_pc": 1,
+                  "heun": 2, "dpm_2": 2, "dpm_2_ancestral": 2, "dpmpp_2s_ancestral": 2, "dpmpp_sde": 2,
+                  "heunpp2": 3}
 
 
 def _record_positive(model):
@@ -183,27 +222,29 @@ def _record_positive(model):
 def _expected(sampler, sigmas, first, last, merge_step):
     phases = []
     for step in range(first, last):
-        evals = 1 if sigmas[step + 1] == 0 else EVALS_PER_STEP[sampler]
+        evals = min(EVALS_PER_STEP[sampler], 1 + sum(1 for s in sigmas[step + 1:step + 3] if s > 0))
+        evals = evals if EVALS_PER_STEP[sampler] == 3 or sigmas[step + 1] > 0 else 1
         phases += [[FACIAL if step > merge_step else TEXT]] * evals
     return phases
 
 
 def _merge_model(base, pack):
-    model = base.clone()
-    pack.merge_step.install_merge_wrapper(model)
-    return model
+    return pack.merge_step.with_merge_wrapper(base)
 
 
 @pytest.mark.parametrize("scheduler", ["normal", "karras"])
 @pytest.mark.parametrize("sampler", list(EVALS_PER_STEP))
-def test_merge_switches_after_merge_step(host, pack, base, sampler, scheduler):
+def test_merge_switches_after_merge_step(host, pack, base, sampler, scheduler, caplog):
     import comfy.samplers
 
     steps, merge_step = 6, 2
     model = _merge_model(base, pack)
     calls = _record_positive(model)
     positive = pack.merge_step.merge_conditioning(_cond(TEXT), _cond(FACIAL), merge_step, steps, scheduler)
-    _sample(host, model, positive, steps=steps, sampler=sampler, scheduler=scheduler)
+    with caplog.at_level(logging.WARNING):
+        _sample(host, model, positive, steps=steps, sampler=sampler, scheduler=scheduler)
+    # The dry run reads the host's KSAMPLER (sampler_function, extra_options): it must place each of these.
+    assert "k-diffusion step pattern" not in caplog.text
     sigmas = comfy.samplers.KSampler(model, steps, "cpu", sampler, scheduler).sigmas
     assert calls == _expected(sampler, sigmas, 0, steps, merge_step)
 
@@ -221,11 +262,41 @@ def test_merge_step_counts_over_the_full_schedule_in_ksampler_advanced(host, pac
     assert calls == _expected(sampler, sigmas, first, last, merge_step)
 
 
-def test_without_the_wrapper_only_the_text_only_prompt_is_used(host, pack, base, caplog):
+def test_without_the_wrapper_only_the_text_only_prompt_is_used(host, pack, base):
     model = base.clone()
     calls = _record_positive(model)
-    with caplog.at_level(logging.WARNING):
-        positive = pack.merge_step.MergeStepScheduler.execute(model, _cond(TEXT), _cond(FACIAL), 1, 4, "normal")[0]
-    assert "the MODEL was not patched by ConsistentIDApply" in caplog.text
+    positive = pack.merge_step.merge_conditioning(_cond(TEXT), _cond(FACIAL), 1, 4, "normal")
     _sample(host, model, positive, steps=4)
     assert calls == [[TEXT]] * 4
+
+
+def test_merge_step_node_outputs_the_model_to_sample_with(host, pack, base):
+    node = pack.merge_step.MergeStepScheduler
+    model, positive = node.execute(base, _cond(TEXT), _cond(FACIAL), 1, 4, "normal").result
+    assert model is not base and not base.get_wrappers("calc_cond_batch", "consistentid_merge")
+    calls = _record_positive(model)
+    _sample(host, model, positive, steps=4)
+    assert calls == [[TEXT], [TEXT], [FACIAL], [FACIAL]]
+
+
+@pytest.mark.parametrize("merge_step, steps", [(30, 20), (20, 20), (-1, 20)])
+def test_merge_step_outside_the_run_is_refused(host, pack, base, merge_step, steps):
+    node = pack.merge_step.MergeStepScheduler
+    message = node.validate_inputs(merge_step=merge_step, steps=steps)
+    assert message.startswith("[ConsistentID · ConsistentID Merge Step Scheduler] merge_step ")
+    assert f"is not a step of a {steps}-step run (0 to {steps - 1})" in message and "Fix: " in message
+    assert node.validate_inputs(merge_step=12, steps=20) is True and node.validate_inputs(merge_step=None) is True
+    with pytest.raises(pack.errors.ConsistentIDError, match="would never be used"):
+        node.execute(base, _cond(TEXT), _cond(FACIAL), merge_step, steps, "normal")
+
+
+def test_start_after_end_is_refused(host, pack, base):
+    tokens, uncond = _tokens()
+    with pytest.raises(pack.errors.ConsistentIDError, match="start_at 0.8 is after end_at 0.2"):
+        pack.unet_patch.apply_to_model(base, _weights(pack), tokens, uncond, start_at=0.8, end_at=0.2)
+
+
+def test_no_frame_inspection_in_the_pack():
+    offenders = [str(path) for folder in ("nodes", "consistentid_core") for path in (REPO / folder).rglob("*.py")
+                 if "_getframe" in path.read_text() or "f_locals" in path.read_text()]
+    assert offenders == []
