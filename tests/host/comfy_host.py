@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import websocket
+from dev_env import ipadapter_plus_path
 
 REPO = Path(__file__).resolve().parents[2]
 PACK_DIR_NAME = "ComfyUI-ConsistentID"
@@ -42,11 +43,12 @@ def host_model_files(python: str, comfyui_path: Path) -> dict[str, Path]:
 
 
 def write_pack_models(models_dir: Path) -> dict[str, Path]:
-    """Run the pack's weight generators into ``models_dir`` (ConsistentID at full size)."""
-    from weightgen import bisenet, consistentid, insightface_pack
+    """Run the weight generators into ``models_dir``: the pack's files (ConsistentID at full size) and an
+    IP-Adapter for the neighbour pack."""
+    from weightgen import bisenet, consistentid, insightface_pack, ipadapter
 
     return {**consistentid.write_checkpoints(models_dir, size="full"), **bisenet.write_face_parsers(models_dir),
-            **insightface_pack.write_packs(models_dir)}
+            **insightface_pack.write_packs(models_dir), **ipadapter.write_ipadapter(models_dir)}
 
 def link(target: Path, link_path: Path) -> None:
     link_path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +81,8 @@ class ComfyServer:
 
     def start(self, timeout: float = 120.0) -> None:
         link(REPO, self.base_dir / "custom_nodes" / PACK_DIR_NAME)
+        # The most used neighbour pack, which patches the same attention layers, loads beside this one.
+        link(ipadapter_plus_path(), self.base_dir / "custom_nodes" / ipadapter_plus_path().name)
         self.input_dir.mkdir(parents=True, exist_ok=True)
         (self.base_dir / "user").mkdir(exist_ok=True)
         # The database is the one thing --base-directory does not move out of the checkout.
