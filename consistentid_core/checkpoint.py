@@ -1,4 +1,4 @@
-"""Reading and checking ConsistentID checkpoints (spec §1), and building their encoders.
+"""Reading and checking ConsistentID checkpoints (docs/method.md §1), and building their encoders.
 
 Accepted layouts, SD1.5 and SDXL alike:
 * the released ``.bin``: ``{"FacialEncoder": sd, "image_proj" | "image_proj_model": sd, "adapter_modules": sd}``;
@@ -79,7 +79,7 @@ def load_checkpoint(path: str | os.PathLike) -> ConsistentIDWeights:
 
 
 def expected_adapter_shapes(arch: str, rank: int, cross_attention_dim: int | None = None) -> dict[str, tuple]:
-    """Key → shape of ``adapter_modules`` for ``arch``, from the processor layout (spec §1.2.3).
+    """Key → shape of ``adapter_modules`` for ``arch``, from the processor layout (docs/method.md §1.2).
 
     Self-attention processors carry four LoRA pairs; cross-attention ones read the text context
     (width c) in k/v and add ``to_k_ip``/``to_v_ip``.

@@ -1,4 +1,4 @@
-"""The three prompt embeddings of a ConsistentID generation (spec §5.1 for SD1.5, §6 for SDXL).
+"""The three prompt embeddings of a ConsistentID generation (docs/method.md §5.1 for SD1.5, §6 for SDXL).
 
 * text-only positive: the prompt without markers, used up to the merge step;
 * facial positive: the marked prompt with the facial region features fused into its marked tokens;
@@ -43,7 +43,7 @@ def facial_conditioning(encoder: FacialEncoder, regions: RegionFeatures, prompt:
 
     ``bpe`` holds the tokenizer of each text encoder: ``{"l": …}`` for SD1.5, ``{"l": …, "g": …}`` for
     SDXL, whose CLIP-G half sees the marked prompt as literal text and whose text-only branch uses the
-    raw prompt (both official quirks, spec §10 item 12).
+    raw prompt (both official quirks, docs/method.md §8.12).
     """
     facial_prompt = build_facial_prompt(prompt, regions.names, bpe["l"], caption, arch)
     marked = {"l": list(facial_prompt.clean_ids)}

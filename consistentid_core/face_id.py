@@ -1,6 +1,6 @@
 """The face-ID vector: InsightFace ArcFace embedding of the reference face, as the official code takes it.
 
-Official SD1.5 behaviour (spec §2.6, quirk §10.9): ``app.get(np.array(pil_rgb_image))`` with
+Official SD1.5 behaviour (docs/method.md §2.4, quirk §8.9): ``app.get(np.array(pil_rgb_image))`` with
 det_size 640. InsightFace expects BGR, so the released model was used with the red and
 blue channels swapped for both detection and ArcFace; ``bgr_input=False`` (the default)
 reproduces that by passing our RGB array unchanged, ``bgr_input=True`` gives InsightFace

@@ -1,4 +1,4 @@
-"""FacialEncoder: fuses per-region CLIP features into the marked prompt tokens (spec §1.2.1, §4.3)."""
+"""FacialEncoder: fuses per-region CLIP features into the marked prompt tokens (docs/method.md §1.2, §4.2)."""
 from collections.abc import Mapping
 
 import torch

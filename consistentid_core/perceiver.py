@@ -1,4 +1,4 @@
-"""Perceiver blocks shared by the facial encoder and the face-ID projection (spec §4.2).
+"""Perceiver blocks shared by the facial encoder and the face-ID projection (docs/method.md §4.1).
 
 Parameter names follow the official modules, so the released state dicts load as they are:
 ``proj_in``, ``layers.{k}.0`` (attention), ``layers.{k}.1`` (feed-forward), ``proj_out``, ``norm_out``.

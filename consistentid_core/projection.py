@@ -1,4 +1,4 @@
-"""ProjPlus: the 4 face-ID tokens from an InsightFace embedding and whole-image CLIP features (spec §4.4)."""
+"""ProjPlus: the 4 face-ID tokens from an InsightFace embedding and whole-image CLIP features (docs/method.md §4.3)."""
 from collections.abc import Mapping
 
 import torch

@@ -1,4 +1,4 @@
-"""The facial prompt: caption alignment, prompt assembly and marked tokenisation (spec §3).
+"""The facial prompt: caption alignment, prompt assembly and marked tokenisation (docs/method.md §3).
 
 Everything here reproduces the official `process_text_with_markers`, `encode_prompt_with_trigger_word`
 and `tokenize_and_mask_noun_phrases_ends`, quirks included, because the released weights were trained
@@ -33,7 +33,7 @@ MAX_CAPTION_CHARS = 330
 
 _KEYWORDS = ("face", "ears", "eyes", "nose", "mouth")
 # Walking the regions in this fixed order (ears before eyes) sets the clause order of the aligned
-# caption, hence the eye/ear slot swap of spec §3.7.
+# caption, hence the eye/ear slot pairing of docs/method.md §3.4.
 _MARKER_ORDER = ("Face", "Left_Ear", "Right_Ear", "Left_Eye", "Right_Eye", "Nose", "Upper_Lip", "Lower_Lip")
 _CLAUSE_ENDS = ",.;"
 _MARK = -1  # marker id for our own walk: no tokenizer id can collide with it
@@ -137,7 +137,7 @@ def _fit(ids: list[int], pad: int) -> list[int]:
 def literal_ids(prompt_face: str, bpe: ClipBPE) -> list[int]:
     """77 ids of the marked prompt for a tokenizer without the `<|facial|>` token, as official SDXL feeds
     its tokenizer 2 (CLIP-G): each marker is BPE'd as the literal text `< | facial | >`, which shifts the
-    CLIP-G half of the embedding against the marks (spec §3.6 f, §10 item 12); cut like `clean_ids`."""
+    CLIP-G half of the embedding against the marks (docs/method.md §6, quirk §8.12); cut like `clean_ids`."""
     return _fit([bpe.bos] + bpe.encode(prompt_face) + [bpe.eos], bpe.pad)
 
 

@@ -1,6 +1,6 @@
 """Facial regions from a BiSeNet label map, and the CLIP pixels of each region.
 
-Everything here follows the official code (spec §2.2-2.5, quirks §10 items 7-8): hole-filled
+Everything here follows the official code (docs/method.md §2.2-2.3, quirks §8.7-8.8): hole-filled
 per-class masks, one eye / ear / lip, full-frame composites on black and the PIL-bicubic CLIP
 preprocessing of ``CLIPImageProcessor()``.
 """

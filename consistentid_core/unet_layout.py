@@ -3,7 +3,7 @@
 The checkpoint's ``adapter_modules`` are numbered in diffusers' ``attn_processors`` order: all
 down blocks, then all up blocks, then the mid block; inside a transformer, ``attn1`` then ``attn2``
 of each block. This module is the one place that maps those indices to ComfyUI's UNet
-(spec §1.3), so the checkpoint validator and the attention patches agree.
+(docs/method.md §1.3), so the checkpoint validator and the attention patches agree.
 """
 from dataclasses import dataclass
 

@@ -1,4 +1,4 @@
-"""Random ConsistentID checkpoints in the released layouts (spec §1), full size or reduced for unit tests.
+"""Random ConsistentID checkpoints in the released layouts (docs/method.md §1), full size or reduced for unit tests.
 
 Values follow the golden files' recipe so outputs are non-degenerate: LayerNorm weight 1 + 0.1·N,
 biases 0.1·N, weights N/√fan_in, latents N/√width, and LoRA ``up`` 0.1·N/√rank, which is non-zero
