@@ -249,21 +249,3 @@ def test_missing_insightface_pack_names_the_folder_and_files(server):
     assert str(server.models_dir / "insightface" / "models" / "antelopev2") in message
     assert "scrfd_10g_bnkps.onnx and glintr100.onnx" in message
 
-
-def test_basic_workflow_with_ipadapter_plus_after_consistentid(server, basic_run):
-    """The real IPAdapter_plus, loaded beside the pack, stacked on ConsistentID's MODEL: both run (the in-process
-    tests count each pack's calls per block) and the image differs from ConsistentID alone."""
-    prompt = tiny(server, BASIC)
-    [merge] = node_ids(prompt, "ConsistentIDMergeStepScheduler")
-    [sampler] = node_ids(prompt, "KSampler")
-    [vision] = node_ids(prompt, "CLIPVisionLoader")
-    [photo] = node_ids(prompt, "LoadImage")
-    prompt["90"] = {"class_type": "IPAdapterModelLoader", "inputs": {"ipadapter_file": "ip-adapter_sd15.safetensors"}}
-    prompt["91"] = {"class_type": "IPAdapterAdvanced", "inputs": {
-        "model": [merge, 0], "ipadapter": ["90", 0], "image": [photo, 0], "clip_vision": [vision, 0], "weight": 1.0,
-        "weight_type": "linear", "combine_embeds": "concat", "start_at": 0.0, "end_at": 1.0,
-        "embeds_scaling": "V only"}}
-    prompt[sampler]["inputs"]["model"] = ["91", 0]
-    stacked = check_image(saved_images(server, prompt, server.queue(prompt))[0], (WIDTH, HEIGHT))
-    alone = check_image(saved_images(server, *basic_run)[0], (WIDTH, HEIGHT))
-    assert np.abs(stacked - alone).mean() > 1.0
