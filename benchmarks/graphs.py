@@ -76,7 +76,7 @@ def workflow(files: Files, settings: Settings, image: str, seeds: dict[str, int]
         graph[merge] = {"class_type": "ConsistentIDMergeStepScheduler", "inputs": {
             "model": [apply, 0], "text_only": ["encode", 0], "facial": ["encode", 1], "merge_step": merge_step,
             "steps": steps[key], "scheduler": settings.scheduler}}
-        graph.update(_sampler(key, [apply, 0], [merge, 0], ["encode", 2], settings, seeds, steps))
+        graph.update(_sampler(key, [merge, 0], [merge, 1], ["encode", 2], settings, seeds, steps))
     return graph
 
 

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks import graphs  # noqa: E402
+from benchmarks import graphs, op_count  # noqa: E402
 from benchmarks.host_session import FACE_ANALYSIS, HostSession, mean_stages, start_host  # noqa: E402
 
 MODES = {
@@ -181,6 +181,7 @@ def run(comfyui: Path, mode: str, keep: Path | None = None, profile: Path | None
 
     if profile:
         profile_warm(session, names, settings, images[-1], seeds, steps, profile)
+    operators = count_operators(files)
 
     def node_times(result):
         return {node: result.node_s[node] for node in graphs.PREPROCESSING_NODES}
@@ -217,6 +218,7 @@ def run(comfyui: Path, mode: str, keep: Path | None = None, profile: Path | None
             "patch_s": statistics.mean(lora_loads) - statistics.mean(plain_loads),
             "first_load_s": unet_loads(cold)[0],
         },
+        "operators_per_unet_forward": operators,
         "memory": {**memory.figures,
                    "rss_delta_mb": memory.figures["peak_rss_consistentid_mb"] - memory.figures["peak_rss_plain_mb"]},
         "second_queue": {"executed": second.executed, "cached": second.cached,
@@ -230,6 +232,24 @@ def run(comfyui: Path, mode: str, keep: Path | None = None, profile: Path | None
     if keep is None:
         shutil.rmtree(base_dir, ignore_errors=True)
     return report
+
+
+def count_operators(files: dict) -> dict:
+    """Operators per UNet forward (benchmarks/op_count.py) on the same checkpoint and adapter file, plain vs
+    ConsistentID vs face-ID weight 0, with the pack as the host loaded it."""
+    import comfy.sd
+    import torch
+
+    package = next(name for name, module in sys.modules.items()
+                   if Path(getattr(module, "__file__", "") or "/").resolve() == REPO / "__init__.py")
+    checkpoint = sys.modules[f"{package}.consistentid_core.checkpoint"]
+    unet_patch = sys.modules[f"{package}.nodes.unet_patch"]
+    base = comfy.sd.load_checkpoint_guess_config(str(files["sd15_checkpoint"]), output_vae=False,
+                                                 output_clip=False)[0]
+    weights = checkpoint.load_checkpoint(files["consistentid_sd15"])
+    generator = torch.Generator().manual_seed(SEED)
+    tokens = [torch.randn(1, 4, weights.cross_attention_dim, generator=generator) for _ in range(2)]
+    return op_count.operator_counts(base, unet_patch.apply_to_model, weights, *tokens, cross_attentions=16)
 
 
 def targets(report: dict, mode: str, cuda: bool) -> dict:
@@ -282,6 +302,11 @@ def print_table(report: dict) -> None:
     if "cuda_peak_plain_mb" in memory:
         rows += [("peak CUDA plain (MB)", memory["cuda_peak_plain_mb"]),
                  ("peak CUDA with ConsistentID (MB)", memory["cuda_peak_consistentid_mb"])]
+    operators = report["operators_per_unet_forward"]
+    for name in ("plain", "consistentid", "id_weight_0"):
+        rows += [(f"ops/forward {name}: all", operators[name]["total"]),
+                 (f"ops/forward {name}: kernel-launching", operators[name]["kernels"])]
+    rows.append(("extra kernel ops per cross-attention", operators["extra_kernels_per_cross_attention"]))
     for label, value in rows:
         print(f"  {label:38s} {value:10.3f}")
     print(f"  second queue (new prompt) ran: {', '.join(report['second_queue']['executed'])}; "

@@ -41,6 +41,11 @@ def test_benchmark_reports_every_figure(smoke):
         assert set(report["preprocessing"][phase]["nodes_s"]) == {"parse", "regions", "encode", "apply"}
     assert _positive(report["preprocessing"]["warm_per_image_s"])
 
+    operators = report["operators_per_unet_forward"]
+    assert operators["id_weight_0"]["kernels"] == operators["plain"]["kernels"] > 500
+    assert 0 < operators["extra_kernels_per_cross_attention"] <= 4
+    assert "ops/forward consistentid: kernel-launching" in printed
+
     sampler = report["sampler"]
     for name in ("plain", "consistentid", "id_attention_only"):
         assert _positive(sampler[name]["step_s"]) and _positive(sampler[name]["sampler_node_s"])
