@@ -49,9 +49,10 @@ def pack(host):
                                  attention=load("consistentid_core.attention"), load=load)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def base(host):
-    """The caller's MODEL: a full-size random SD1.5 UNet as ModelPatcher."""
+    """The caller's MODEL: a full-size random SD1.5 UNet as ModelPatcher, one per test module (with the SDXL
+    UNet's module, two at once would not fit CI's memory budget)."""
     from safetensors import safe_open
     from weightgen.host_models import cached_host_models
 
@@ -60,4 +61,5 @@ def base(host):
         sd = {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.diffusion_model.")}
     model = host.sd.load_diffusion_model_state_dict(sd)
     assert type(model.model.model_config).__name__ == "SD15"
-    return model
+    yield model
+    host.mm.unload_all_models()
