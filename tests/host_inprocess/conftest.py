@@ -51,8 +51,8 @@ def pack(host):
 
 @pytest.fixture(scope="module")
 def base(host):
-    """The caller's MODEL: a full-size random SD1.5 UNet as ModelPatcher, one per test module (with the SDXL
-    UNet's module, two at once would not fit CI's memory budget)."""
+    """The caller's MODEL: a full-size random SD1.5 UNet as ModelPatcher, one per test module and unloaded
+    after it, so models of earlier modules do not add up in CI's memory budget."""
     from safetensors import safe_open
     from weightgen.host_models import cached_host_models
 
