@@ -1,6 +1,16 @@
 """Errors a user can act on: each says what is wrong and how to fix it."""
 
 
+def where(node: str | None = None) -> str:
+    """How every message of the pack starts: the pack, and the node as the user sees it."""
+    return f"[ConsistentID · {node}]" if node else "[ConsistentID]"
+
+
+def message(problem: str, fix: str, node: str | None = None) -> str:
+    """The one form of every error and warning of the pack: where, what is wrong, what to do."""
+    return f"{where(node)} {problem} Fix: {fix}"
+
+
 class ConsistentIDError(Exception):
     """A problem with the user's inputs or files, with the fix spelled out.
 
@@ -15,8 +25,7 @@ class ConsistentIDError(Exception):
         super().__init__(self._text())
 
     def _text(self) -> str:
-        where = f"[ConsistentID · {self.node}]" if self.node else "[ConsistentID]"
-        return f"{where} {self.problem} Fix: {self.fix}"
+        return message(self.problem, self.fix, self.node)
 
     def attach_node(self, node: str) -> "ConsistentIDError":
         if self.node is None:

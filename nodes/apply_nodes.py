@@ -1,6 +1,6 @@
 """ConsistentIDApply: the face-ID tokens and the adapter's LoRA on a clone of the MODEL."""
 import hashlib
-import logging
+import weakref
 
 import torch
 
@@ -12,7 +12,7 @@ from ..consistentid_core.images import images_from_batch
 from ..consistentid_core.projection import id_tokens
 from ..consistentid_core.regions import clip_pixels
 from .clip_vision import encode_penultimate, zero_image_features
-from .common import CATEGORY, errors_named
+from .common import PackNode, node_schema, warn
 from .managed import compute_dtype, on_device
 from .merge_step import NODES as MERGE_NODES
 from .types import ConsistentID, InsightFace
@@ -26,7 +26,8 @@ _last_tokens: dict = {}
 
 
 def identity_tokens(consistentid, clip_vision, insightface, photos, on_no_face: str):
-    """Cond ``[n, 4, c]`` and uncond ``[1, 4, c]`` face-ID tokens of the reference photos, or None to skip.
+    """Cond ``[n, 4, c]`` and uncond ``[1, 4, c]`` face-ID tokens of the reference photos, or None when no face
+    was found and ``on_no_face`` is "skip".
 
     The official pipelines: InsightFace's ArcFace embedding (SD1.5 passes the RGB array where BGR is
     expected; SDXL reads BGR), the whole photo's penultimate CLIP-H states, and ProjPlus; uncond tokens
@@ -39,7 +40,6 @@ def identity_tokens(consistentid, clip_vision, insightface, photos, on_no_face: 
     except NoFaceError:
         if on_no_face != "skip":
             raise
-        logging.warning("ConsistentIDApply: no face found, the face-ID tokens are skipped (LoRA only).")
         return None
     hidden = encode_penultimate(clip_vision, torch.stack([clip_pixels(photo) for photo in photos]))
     projection = on_device(consistentid.projection(compute_dtype()))
@@ -49,23 +49,23 @@ def identity_tokens(consistentid, clip_vision, insightface, photos, on_no_face: 
 
 def _cached_identity_tokens(consistentid, clip_vision, insightface, image: torch.Tensor, on_no_face: str):
     models = (consistentid, clip_vision, insightface)
-    # Model objects by identity; the entry holds them, so their ids cannot be reused while it exists.
     key = (tuple(map(id, models)), getattr(insightface, "det_size", None), on_no_face, tuple(image.shape),
            hashlib.sha1(image.cpu().numpy().tobytes()).digest())
-    if _last_tokens.get("key") != key:
+    # The models by weak reference, so the entry never keeps them loaded once the host lets go of them; a new
+    # model at a freed one's address is told apart by identity.
+    if _last_tokens.get("key") != key or any(ref() is not model for ref, model in zip(_last_tokens["models"], models)):
         _last_tokens.clear()
         tokens = identity_tokens(consistentid, clip_vision, insightface, images_from_batch(image), on_no_face)
-        _last_tokens.update(key=key, models=models, tokens=tokens)
+        _last_tokens.update(key=key, models=tuple(map(weakref.ref, models)), tokens=tokens)
     return _last_tokens["tokens"]
 
 
-class ConsistentIDApply(io.ComfyNode):
+class ConsistentIDApply(PackNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return node_schema(
             node_id="ConsistentIDApply",
             display_name="ConsistentID Apply",
-            category=CATEGORY,
             description="Patches a copy of the MODEL with ConsistentID: merges the adapter's LoRA into every "
                         "attention layer and adds 4 face-ID tokens (ArcFace + CLIP-H of the reference photo) "
                         "through extra cross-attention. Connect its MODEL to ConsistentID Merge Step "
@@ -98,10 +98,14 @@ class ConsistentIDApply(io.ComfyNode):
     @classmethod
     def execute(cls, model, consistentid, clip_vision, insightface, image, weight, lora_strength, start_at,
                 end_at, on_no_face) -> io.NodeOutput:
-        with errors_named("ConsistentIDApply"):
+        with cls.running(weight=weight, lora_strength=lora_strength, start_at=start_at, end_at=end_at,
+                         on_no_face=on_no_face):
             check_model_arch(model, consistentid.weights)
             tokens = _cached_identity_tokens(consistentid, clip_vision, insightface, image, on_no_face)
             if tokens is None:
+                warn(cls, "InsightFace found no face, so the face-ID tokens are left out (on_no_face is 'skip'); "
+                          "only the adapter's LoRA applies.",
+                     "Use a clear, well-lit frontal photo of one face, or set on_no_face to 'error' to stop instead.")
                 tokens, weight = (None, None), 0.0
             patched = apply_to_model(model, consistentid.weights, *tokens, weight, start_at, end_at, lora_strength)
             return io.NodeOutput(patched)

@@ -9,7 +9,7 @@ from ..consistentid_core.checkpoint import check_arch
 from ..consistentid_core.conditioning import Embedding, facial_conditioning
 from ..consistentid_core.prompt import DEFAULT_CAPTIONS
 from ..consistentid_core.tokenizer import HFClipBPE
-from .common import CATEGORY, errors_named
+from .common import PackNode, node_schema, tag
 from .managed import compute_dtype, on_device
 from .types import ConsistentID, RegionEmbeds
 
@@ -44,13 +44,12 @@ def _conditioning(embedding: Embedding) -> list:
     return [[embedding.embeds, {"pooled_output": embedding.pooled}]]
 
 
-class ConsistentIDFacialEncoder(io.ComfyNode):
+class ConsistentIDFacialEncoder(PackNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return node_schema(
             node_id="ConsistentIDFacialEncoder",
             display_name="ConsistentID Facial Encoder",
-            category=CATEGORY,
             description="Builds ConsistentID's three conditionings from the prompt and the face regions: "
                         "text-only (used up to the merge step), facial (the words face, ears, eyes, nose and "
                         "mouth of a 'Detail:' caption fused with their region features) and the negative "
@@ -84,11 +83,11 @@ class ConsistentIDFacialEncoder(io.ComfyNode):
 
     @classmethod
     def execute(cls, consistentid, clip, region_embeds, prompt, negative_prompt, caption=None) -> io.NodeOutput:
-        with errors_named("FacialEncoder"):
+        with cls.running():
             arch = clip_arch(clip)
             check_arch(consistentid.weights, arch, "the CLIP model")
             if len(region_embeds) > 1:
-                logging.info("ConsistentID FacialEncoder: %d reference images, using the regions of the first.",
+                logging.info("%s %d reference images; the regions of the first are used.", tag(cls),
                              len(region_embeds))
             encoder = on_device(consistentid.facial_encoder(compute_dtype()))
             with torch.no_grad():

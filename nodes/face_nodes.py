@@ -1,4 +1,6 @@
 """Face parser loader, face parsing into regions, and CLIP features of the regions."""
+import weakref
+
 import cv2
 import numpy as np
 import torch
@@ -12,38 +14,38 @@ from ..consistentid_core.parsing import load_face_parser, parse_labels
 from ..consistentid_core.regions import (LABEL_COLOURS, RegionFeatures, face_regions, mask_at_size,
                                          region_pixels)
 from .clip_vision import encode_penultimate, zero_image_features
-from .common import CATEGORY, errors_named, load_cached
+from .common import PackNode, node_schema, shared_file
 from .managed import on_device
-from .paths import model_choices, resolve
+from .paths import model_input, resolve
 from .types import FaceParser, FaceRegions, RegionEmbeds
 
 PARSE_SIZES = {"512": "SD1.5", "1280": "SDXL"}
 
-_parsers: dict[str, tuple[float, torch.nn.Module]] = {}  # path -> (mtime, parser)
+_parsers: "weakref.WeakValueDictionary[tuple[str, float], torch.nn.Module]" = weakref.WeakValueDictionary()
 
-class ConsistentIDFaceParserLoader(io.ComfyNode):
+
+class ConsistentIDFaceParserLoader(PackNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return node_schema(
             node_id="ConsistentIDFaceParserLoader",
             display_name="ConsistentID Face Parser Loader",
-            category=CATEGORY,
             description="Loads the BiSeNet face parser (19 face-part classes) that finds the face, eye, ear, nose "
                         "and mouth regions ConsistentID encodes. Accepts ConsistentID's face_parsing.pth and "
                         "facexlib's parsing_bisenet.pth from models/face_parsing/.",
             inputs=[
-                io.Combo.Input("parser_name", options=model_choices("face_parsing"),
-                               tooltip="BiSeNet weights in models/face_parsing/: face_parsing.pth from the "
-                                       "ConsistentID release, or facexlib's parsing_bisenet.pth."),
+                model_input("parser_name", "face_parsing",
+                            "BiSeNet weights in models/face_parsing/: face_parsing.pth from the ConsistentID "
+                            "release (always listed; a missing one is reported with its folder and download page), "
+                            "or facexlib's parsing_bisenet.pth."),
             ],
             outputs=[FaceParser.Output(display_name="face_parser")],
         )
 
     @classmethod
     def execute(cls, parser_name) -> io.NodeOutput:
-        with errors_named("FaceParserLoader"):
-            path = resolve("face_parsing", parser_name, "face_parsing.pth")
-            return io.NodeOutput(load_cached(_parsers, path, load_face_parser))
+        with cls.running(parser_name=parser_name):
+            return io.NodeOutput(shared_file(_parsers, resolve("face_parsing", parser_name), load_face_parser))
 
 
 def _preview(rgb: np.ndarray, label_map: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
@@ -60,13 +62,12 @@ def _preview(rgb: np.ndarray, label_map: np.ndarray, masks: list[np.ndarray]) ->
     return preview
 
 
-class ConsistentIDFaceParse(io.ComfyNode):
+class ConsistentIDFaceParse(PackNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return node_schema(
             node_id="ConsistentIDFaceParse",
             display_name="ConsistentID Face Parse",
-            category=CATEGORY,
             description="Parses each reference photo into face parts as the official ConsistentID does (square "
                         "resize, BiSeNet, hole-filled masks) and keeps its regions in slot order: face, one eye, "
                         "one ear, nose, one lip. The node shows the parse over the photo.",
@@ -75,8 +76,8 @@ class ConsistentIDFaceParse(io.ComfyNode):
                 io.Image.Input("image", tooltip="Reference photo(s) of the person; each image of a batch is parsed "
                                                 "on its own."),
                 io.Combo.Input("parse_size", options=list(PARSE_SIZES), default="512",
-                               tooltip="Square size the photo is parsed at: 512 for SD1.5, 1280 for SDXL "
-                                       "(the official pipelines' values)."),
+                               tooltip="Square size the photo is parsed at, one of the official pipelines' two: "
+                                       "512 for SD1.5, 1280 for SDXL."),
             ],
             outputs=[
                 FaceRegions.Output(display_name="face_regions"),
@@ -90,7 +91,7 @@ class ConsistentIDFaceParse(io.ComfyNode):
 
     @classmethod
     def execute(cls, face_parser, image, parse_size) -> io.NodeOutput:
-        with errors_named("FaceParse"):
+        with cls.running(parse_size=parse_size):
             photos = images_from_batch(image)
             parser = on_device(face_parser)
             bar = comfy.utils.ProgressBar(len(photos))
@@ -111,13 +112,12 @@ class ConsistentIDFaceParse(io.ComfyNode):
                                  ui=ui.PreviewImage(preview, cls=cls))
 
 
-class ConsistentIDRegionEmbed(io.ComfyNode):
+class ConsistentIDRegionEmbed(PackNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return node_schema(
             node_id="ConsistentIDRegionEmbed",
             display_name="ConsistentID Region Embed",
-            category=CATEGORY,
             description="Encodes every kept face region with CLIP-ViT-H as the official ConsistentID does: the full "
                         "photo with everything but the region black, PIL-bicubic CLIP preprocessing, penultimate "
                         "hidden states. All regions of all images run in one batch.",
@@ -131,7 +131,7 @@ class ConsistentIDRegionEmbed(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip_vision, image, face_regions) -> io.NodeOutput:
-        with errors_named("RegionEmbed"):
+        with cls.running():
             photos = images_from_batch(image)
             if len(photos) != len(face_regions):
                 raise InputImageError(

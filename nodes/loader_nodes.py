@@ -4,43 +4,45 @@ It hands on the core's :class:`ConsistentIDModel`: the checked weights, with the
 first use (``model.facial_encoder(dtype)``, ``model.projection(dtype)``); the nodes that run them
 put them under the host's model management with ``managed.on_device``.
 """
+import weakref
+
 from comfy_api.latest import io
 
 from ..consistentid_core.checkpoint import ConsistentIDModel, load_checkpoint
 from . import paths
-from .common import CATEGORY, errors_named, load_cached
+from .common import PackNode, node_schema, shared_file
 from .types import ConsistentID
 
-_LOADED: dict[str, tuple[float, ConsistentIDModel]] = {}  # path -> (mtime, model)
+_LOADED: "weakref.WeakValueDictionary[tuple[str, float], ConsistentIDModel]" = weakref.WeakValueDictionary()
 
 
 def load_consistentid(path: str) -> ConsistentIDModel:
-    """The checkpoint at ``path``, read once until the file changes."""
-    return load_cached(_LOADED, path, lambda p: ConsistentIDModel(load_checkpoint(p)))
+    """The checkpoint at ``path``, read once while in use and unchanged on disk."""
+    return shared_file(_LOADED, path, lambda p: ConsistentIDModel(load_checkpoint(p)))
 
-class ConsistentIDLoader(io.ComfyNode):
+
+class ConsistentIDLoader(PackNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return node_schema(
             node_id="ConsistentIDLoader",
             display_name="ConsistentID Loader",
-            category=CATEGORY,
             description="Loads a ConsistentID checkpoint (SD1.5 ConsistentID-v1.bin or SDXL ConsistentID_SDXL-v1.bin) "
                         "from models/consistentid. It checks every weight and tells SD1.5 and SDXL files apart; "
                         "nothing is run until an encoder or apply node needs it.",
             inputs=[
-                io.Combo.Input("consistentid_name", options=paths.model_choices("consistentid"),
-                               tooltip="ConsistentID checkpoint in models/consistentid (.bin or .safetensors). "
-                                       "Use the SD1.5 file with SD1.5 models and the SDXL file with SDXL models."),
+                paths.model_input("consistentid_name", "consistentid",
+                                  "ConsistentID checkpoint in models/consistentid (.bin or .safetensors). Use the "
+                                  "SD1.5 file with SD1.5 models and the SDXL file with SDXL models. The release files "
+                                  "are always listed; a missing one is reported with its folder and download page."),
             ],
             outputs=[ConsistentID.Output(display_name="consistentid")],
         )
 
     @classmethod
     def execute(cls, consistentid_name: str) -> io.NodeOutput:
-        with errors_named("Loader"):
-            path = paths.resolve("consistentid", consistentid_name, "ConsistentID-v1.bin")
-            return io.NodeOutput(load_consistentid(path))
+        with cls.running(consistentid_name=consistentid_name):
+            return io.NodeOutput(load_consistentid(paths.resolve("consistentid", consistentid_name)))
 
 
 NODES = [ConsistentIDLoader]

@@ -25,7 +25,7 @@ from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import io
 
 from ..consistentid_core.errors import ConsistentIDError
-from .common import CATEGORY
+from .common import PackNode, node_schema
 from .sampling_step import OPTION_KEY, install_step_tracking
 
 TAG_KEY = "consistentid_merge"
@@ -140,16 +140,12 @@ def with_merge_wrapper(model_patcher):
     return patched
 
 
-MERGE_STEP_NODE = "ConsistentID Merge Step Scheduler"
-
-
-class MergeStepScheduler(io.ComfyNode):
+class MergeStepScheduler(PackNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return node_schema(
             node_id="ConsistentIDMergeStepScheduler",
-            display_name=MERGE_STEP_NODE,
-            category=CATEGORY,
+            display_name="ConsistentID Merge Step Scheduler",
             description="Combines the text-only and the facial positive into one conditioning that uses the "
                         "text-only prompt for steps 0 to merge_step and the facial prompt after, exactly per "
                         "sampler step as the official ConsistentID (50 steps, merge at 30), for every sampler "
@@ -176,16 +172,14 @@ class MergeStepScheduler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, merge_step=None, steps=None):
-        # Linked values are not known yet here; execute checks them.
-        problem = None if merge_step is None or steps is None else _merge_step_problem(merge_step, steps)
-        return str(problem) if problem else True
+    def input_problem(cls, values: dict) -> ConsistentIDError | None:
+        merge_step, steps = values.get("merge_step"), values.get("steps")
+        return super().input_problem(values) or (
+            None if merge_step is None or steps is None else _merge_step_problem(merge_step, steps))
 
     @classmethod
     def execute(cls, model, text_only, facial, merge_step, steps, scheduler) -> io.NodeOutput:
-        problem = _merge_step_problem(merge_step, steps)
-        if problem:
-            raise problem
+        cls.check(merge_step=merge_step, steps=steps, scheduler=scheduler)
         return io.NodeOutput(with_merge_wrapper(model), merge_conditioning(text_only, facial, merge_step, steps,
                                                                            scheduler))
 
@@ -199,7 +193,7 @@ def _merge_step_problem(merge_step: int, steps: int) -> ConsistentIDError | None
         f"merge_step {merge_step} is not a step of a {steps}-step run (0 to {steps - 1}), so the facial prompt "
         f"would never be used.",
         f"Set merge_step below steps: the official 30 of 50 is 60 %, i.e. {min(round(steps * 0.6), steps - 1)} "
-        f"for {steps} steps; and set steps to the sampler's.").attach_node(MERGE_STEP_NODE)
+        f"for {steps} steps; and set steps to the sampler's.")
 
 
 NODES = [MergeStepScheduler]

@@ -1,8 +1,12 @@
-"""Model folders of the pack, registered with ComfyUI so ``extra_model_paths.yaml`` works."""
+"""Model folders of the pack, registered with ComfyUI so ``extra_model_paths.yaml`` works, and the inputs that
+pick a model from them."""
 import os
+from collections.abc import Callable
 
 import folder_paths
+from comfy_api.latest import io
 
+from ..consistentid_core.checkpoint import DOWNLOAD, RELEASE_FILES
 from ..consistentid_core.errors import WeightFileError
 
 WEIGHT_EXTENSIONS = {".bin", ".safetensors", ".pth", ".pt"}
@@ -29,18 +33,45 @@ def register_model_folders() -> None:
         folder_paths.folder_names_and_paths[name] = (paths, set(extensions))
 
 
-def model_choices(folder: str) -> list[str]:
-    return folder_paths.get_filename_list(folder)
+# folder name -> (the release's files, offered even before they are downloaded; where to download them)
+RELEASES = {
+    "consistentid": ((RELEASE_FILES["sd15"], RELEASE_FILES["sdxl"]), DOWNLOAD),
+    "face_parsing": (("face_parsing.pth",), DOWNLOAD),
+}
+_LISTED = 10  # files named when the selected one is not there
 
 
-def resolve(folder: str, name: str, example: str) -> str:
-    """Full path of a model file, or an error naming where it was expected."""
-    path = folder_paths.get_full_path(folder, name) if name else None
-    if path is None or not os.path.isfile(path):
-        where = " or ".join(folder_paths.get_folder_paths(folder))
-        raise WeightFileError(
-            f"Model file '{name or '(none selected)'}' was not found in {where}.",
-            f"Put the file (for example '{example}') into {os.path.join(folder_paths.models_dir, folder)} "
-            "and press 'r' in ComfyUI to refresh the list.",
-        )
-    return path
+class ModelInput(io.Combo.Input):
+    """A combo of models whose selected one is looked for when the prompt is queued, so a missing file is reported
+    before anything runs, with the folder it belongs in."""
+
+    def __init__(self, id: str, options: list[str], locate: Callable[[str], object], **kwargs):
+        super().__init__(id, options=options, **kwargs)
+        self.locate = locate  # raises WeightFileError when the selection is not there
+
+
+def model_input(id: str, folder: str, tooltip: str) -> ModelInput:
+    """The release files of ``folder`` and the files in it. A workflow naming a release file the user has not
+    downloaded yet thus still opens, and its run says where the file goes."""
+    release, _ = RELEASES[folder]
+    options = list(dict.fromkeys([*release, *folder_paths.get_filename_list(folder)]))
+    return ModelInput(id, options, lambda name: resolve(folder, name), tooltip=tooltip)
+
+
+def resolve(folder: str, name: str) -> str:
+    """Full path of a model file, or an error naming the folders searched and where to get the file."""
+    path = folder_paths.get_full_path(folder, name)
+    if path is not None and os.path.isfile(path):
+        return path
+    folders = folder_paths.get_folder_paths(folder)
+    release, download = RELEASES[folder]
+    present = folder_paths.get_filename_list(folder)
+    there = (f" Files there: {', '.join(present[:_LISTED])}{' …' if len(present) > _LISTED else ''}." if present
+             else " There are no model files there.")
+    if name in release:
+        fix = f"Download {name} from {download} and put it into {folders[0]}"
+    else:
+        fix = (f"Select one of the files there, or put '{name}' into {folders[0]} (the release files "
+               f"{' and '.join(release)} are at {download})")
+    raise WeightFileError(f"Model file '{name}' was not found in {' or '.join(folders)}.{there}",
+                          f"{fix}, then press 'r' in ComfyUI to refresh the lists.")

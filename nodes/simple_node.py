@@ -9,10 +9,10 @@ from comfy_execution.graph_utils import GraphBuilder
 
 import comfy.samplers
 
-from .common import CATEGORY
+from .common import PackNode, node_schema
 from .encoder_nodes import DEFAULT_NEGATIVE
-from .insightface_nodes import PROVIDERS, pack_choices
-from .paths import model_choices
+from .insightface_nodes import PROVIDERS, pack_input
+from .paths import model_input
 
 # Upstream models and images are wired into the expanded graph as links, not passed as values.
 LINKED = {"rawLink": True}
@@ -21,13 +21,12 @@ PARSE_SIZE = {"SD1.5": "512", "SDXL": "1280"}
 DET_SIZE = {"SD1.5": 640, "SDXL": 512}
 
 
-class ConsistentIDSimple(io.ComfyNode):
+class ConsistentIDSimple(PackNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
+        return node_schema(
             node_id="ConsistentIDSimple",
             display_name="ConsistentID (all in one)",
-            category=CATEGORY,
             description="Everything ConsistentID needs in one node: give it your checkpoint's MODEL and CLIP, "
                         "CLIP-ViT-H and one face photo, and connect its model, positive and negative to a "
                         "KSampler (official settings: 50 steps, CFG 5, euler, 512x768). It runs the same "
@@ -43,13 +42,11 @@ class ConsistentIDSimple(io.ComfyNode):
                                 default="A man, in a forest, adventuring", tooltip="What to generate."),
                 io.String.Input("negative_prompt", multiline=True, dynamic_prompts=True, default=DEFAULT_NEGATIVE,
                                 tooltip="What to avoid."),
-                io.Combo.Input("consistentid_name", options=model_choices("consistentid"),
-                               tooltip="ConsistentID-v1.bin (SD1.5) or ConsistentID_SDXL-v1.bin in "
-                                       "models/consistentid/."),
-                io.Combo.Input("parser_name", options=model_choices("face_parsing"),
-                               tooltip="face_parsing.pth (BiSeNet) in models/face_parsing/."),
-                io.Combo.Input("insightface_pack", options=pack_choices(), default="buffalo_l",
-                               tooltip="InsightFace pack in models/insightface/models/."),
+                model_input("consistentid_name", "consistentid",
+                            "ConsistentID-v1.bin (SD1.5) or ConsistentID_SDXL-v1.bin in models/consistentid/."),
+                model_input("parser_name", "face_parsing", "face_parsing.pth (BiSeNet) in models/face_parsing/."),
+                pack_input("insightface_pack", "InsightFace pack in models/insightface/models/ (buffalo_l, the one "
+                                               "ConsistentID was trained with)."),
                 io.Combo.Input("provider", options=list(PROVIDERS), default="CPU",
                                tooltip="Where InsightFace runs (falls back to CPU)."),
                 io.Combo.Input("base_model", options=list(PARSE_SIZE), default="SD1.5",
@@ -72,6 +69,10 @@ class ConsistentIDSimple(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, clip_vision, image, prompt, negative_prompt, consistentid_name, parser_name,
                 insightface_pack, provider, base_model, weight, merge_step, steps, scheduler) -> io.NodeOutput:
+        # Linked options are known only now, and base_model picks from the tables above.
+        cls.check(consistentid_name=consistentid_name, parser_name=parser_name, insightface_pack=insightface_pack,
+                  provider=provider, base_model=base_model, weight=weight, merge_step=merge_step, steps=steps,
+                  scheduler=scheduler)
         graph = GraphBuilder()
         adapter = graph.node("ConsistentIDLoader", consistentid_name=consistentid_name)
         parser = graph.node("ConsistentIDFaceParserLoader", parser_name=parser_name)

@@ -229,7 +229,7 @@ def test_no_face_names_the_node_and_the_image(server):
     with pytest.raises(HostError) as err:
         server.queue(prompt)
     assert (err.value.node_id, err.value.node_type) == (node_ids(prompt, "ConsistentIDApply")[0], "ConsistentIDApply")
-    assert "[ConsistentID · ConsistentIDApply]" in err.value.message
+    assert "[ConsistentID · ConsistentID Apply]" in err.value.message
     assert "found no face in image 1 of 1" in err.value.message and "on_no_face" in err.value.message
 
     set_inputs(prompt, "ConsistentIDApply", on_no_face="zero")

@@ -279,10 +279,13 @@ def test_merge_step_node_outputs_the_model_to_sample_with(host, pack, base):
     assert calls == [[TEXT], [TEXT], [FACIAL], [FACIAL]]
 
 
-@pytest.mark.parametrize("merge_step, steps", [(30, 20), (20, 20), (-1, 20)])
+# A negative merge_step is outside the input's own range: tests/host_inprocess/test_options.py.
+@pytest.mark.parametrize("merge_step, steps", [(30, 20), (20, 20)])
 def test_merge_step_outside_the_run_is_refused(host, pack, base, merge_step, steps):
     node = pack.merge_step.MergeStepScheduler
-    message = node.validate_inputs(merge_step=merge_step, steps=steps)
+    with pytest.raises(pack.errors.ConsistentIDError) as refused:
+        node.validate_inputs(merge_step=merge_step, steps=steps)
+    message = str(refused.value)
     assert message.startswith("[ConsistentID · ConsistentID Merge Step Scheduler] merge_step ")
     assert f"is not a step of a {steps}-step run (0 to {steps - 1})" in message and "Fix: " in message
     assert node.validate_inputs(merge_step=12, steps=20) is True and node.validate_inputs(merge_step=None) is True
