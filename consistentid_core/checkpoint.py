@@ -1,6 +1,6 @@
 """Reading and checking ConsistentID checkpoints (docs/method.md §1), and building their encoders.
 
-Accepted layouts, SD1.5 and SDXL alike:
+Accepted layouts, SD1.5 and SDXL alike (docs/method.md §1.1, §8.17):
 * the released ``.bin``: ``{"FacialEncoder": sd, "image_proj" | "image_proj_model": sd, "adapter_modules": sd}``;
 * flat files (``.safetensors`` or ``.bin``) with keys prefixed ``FacialEncoder.``, ``image_proj.`` or
   ``image_proj_model.``, ``adapter_modules.``;

@@ -85,8 +85,9 @@ class FacialEncoder(nn.Module):
         ``token_mask`` [B, 77] and ``slot_mask`` [B, S] are bool; masks and region features with batch 1
         serve every prompt row. Returns a new tensor (dtype of ``prompt_embeds``, device of the module):
         the official code writes into its input in place, which would leak the fused negative into the
-        caller's conditioning. Rows without marks come back unchanged; a row with more marks than valid
-        slots (or the reverse) fuses only the pairs it has instead of failing the official assert.
+        caller's conditioning (docs/method.md §8.18). Rows without marks come back unchanged; a row with more
+        marks than valid slots (or the reverse) fuses only the pairs it has instead of failing the official
+        assert (docs/method.md §3.4, §8.16).
         """
         weight = self.visual_projection.proj_in.weight
         out = prompt_embeds.to(weight.device, copy=True)

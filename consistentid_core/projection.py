@@ -53,7 +53,8 @@ def id_tokens(proj: ProjPlus, id_embeds: torch.Tensor, clip_hidden: torch.Tensor
     """Cond tokens [B, 4, c] and uncond tokens [1, 4, c].
 
     Uncond is ProjPlus of a zero face embedding and CLIP of a zero (normalised) image, as the official
-    pipelines do; it is not zero because of the biases. SD1.5 uses ``shortcut=False``, SDXL ``True``.
+    pipelines do; it is not zero because of the biases. SD1.5 uses ``shortcut=False``, SDXL ``True``
+    (docs/method.md §8.10).
     """
     cond = proj(id_embeds, clip_hidden, shortcut, scale)
     uncond = proj(id_embeds.new_zeros(1, id_embeds.shape[-1]), zero_clip_hidden[:1], shortcut, scale)
