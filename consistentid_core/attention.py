@@ -1,5 +1,5 @@
 """ConsistentID's UNet attention maths: the LoRA and face-ID weights by UNet key, and the face-ID attention
-(docs/method.md §5.3).
+(docs/method.md §5.3, quirk §8.11).
 
 The official processors add ``up(down(x))`` (factor 1: no alpha, no rank scaling) to q, k, v and out of
 every attention layer, and in cross-attention add ``s · SDPA(q, W_k_ip·id, W_v_ip·id)`` over the last 4

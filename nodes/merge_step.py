@@ -1,5 +1,5 @@
 """The exact merge step: the text-only positive for steps ``0..merge_step``, the facial positive after
-(official ``i <= start_merge_step``, docs/method.md §5.2), for every sampler and scheduler.
+(official ``i <= start_merge_step``, docs/method.md §5.2; how: §7.4), for every sampler and scheduler.
 
 ComfyUI switches conditionings by sigma only (ConditioningSetTimestepRange), which is not exact for
 samplers that evaluate a step on both sides of a sigma boundary (heun, dpm_2, ...). So the switch is made

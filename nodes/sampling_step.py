@@ -6,7 +6,7 @@ without reading the sampler's frames or syncing with the GPU inside the UNet.
 
 ComfyUI gives no step index to a model evaluation, and a sigma alone is ambiguous: heun's end-point
 evaluation of step i is at the same sigma as step i+1's first one, heunpp2 evaluates two steps ahead
-(docs/method.md §7). So when a sampler run starts (``SAMPLER_SAMPLE``), its sampler function is first run
+(docs/method.md §7.4). So when a sampler run starts (``SAMPLER_SAMPLE``), its sampler function is first run
 *dry* on the run's sigmas with a stand-in model that returns its input: that costs a few tensor operations
 per step and records the order of model evaluations and progress callbacks. Every k-diffusion sampler calls
 the callback of step i right after the step's first evaluation, at sigma_i; so an evaluation belongs to the

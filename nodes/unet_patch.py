@@ -1,5 +1,5 @@
 """Puts a ConsistentID adapter on a ComfyUI MODEL: the attention LoRA as weight patches, the face-ID tokens
-as attn2 replacements (docs/method.md §5.3 and §7).
+as attn2 replacements (docs/method.md §5.3, §7.2 and §7.3).
 
 The LoRA goes through ``add_patches`` with ``LoRAAdapter`` (alpha ``None`` is factor 1, as the official
 ``network_alpha=None``), so it composes with other LoRAs and low-VRAM loading and costs nothing per step.
@@ -7,7 +7,7 @@ Every cross-attention, the middle block's included (the official code gives ever
 gets one replacement adding ``weight · SDPA(q, k_ip, v_ip)`` before ``to_out``; the ID tokens' keys and
 values are projected once, in head layout, not per step.
 
-Other packs replace the same attention layers (docs/method.md §7): the host calls the replacement at
+Other packs replace the same attention layers (docs/method.md §7.3): the host calls the replacement at
 ``(block, number, transformer_index)`` if there is one, else the one at ``(block, number)``, and packs such as
 IPAdapter_plus, InstantID and PuLID stack onto a replacement they find at their key by calling its
 ``add(callback, **kwargs)``. So ours chains whatever the host would have called before it, offers ``add``, and
