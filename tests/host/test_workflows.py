@@ -239,8 +239,10 @@ def test_no_face_names_the_node_and_the_image(server):
 
 
 def test_missing_insightface_pack_names_the_folder_and_files(server):
-    # antelopev2 is always offered in the list, so validation passes and the loader itself must explain.
+    # antelopev2 is always offered in the list; the loader refuses the missing pack when the prompt is queued.
     prompt = set_inputs(tiny(server, BASIC), "ConsistentIDInsightFaceLoader", pack="antelopev2")
+    # Without the Face Parse preview, which needs no InsightFace and would run on its own.
+    del prompt[node_ids(prompt, "Face parts")[0]]
     with pytest.raises(HostError) as err:
         server.queue(prompt)
     assert err.value.node_type == "ConsistentIDInsightFaceLoader"
