@@ -12,16 +12,14 @@ The base model is read from the shapes, and every key is checked against modules
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pickle import UnpicklingError
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from .attention import PROJECTIONS
 from .errors import ModelMismatchError, WeightFileError
 from .facial_encoder import FacialEncoder
 from .projection import ProjPlus
+from .tensor_files import read_tensors
 from .unet_layout import ARCH_NAMES, CROSS_ATTENTION_DIM, PROCESSORS, Processor
 
 SECTIONS = ("FacialEncoder", "image_proj", "adapter_modules")
@@ -145,28 +143,9 @@ class ConsistentIDModel:
 
 
 def _read(path: str) -> Mapping:
-    name = os.path.basename(path)
     fix = (f"Download the file again from {DOWNLOAD} ({RELEASE_FILES['sd15']} for SD1.5, "
            f"{RELEASE_FILES['sdxl']} for SDXL) and put it into models/consistentid.")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-        if head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
-            return load_file(path)
-        if head.startswith((b"PK", b"\x80")):  # torch.save zip archive, or a legacy pickle
-            # Zip archives are memory-mapped so a 1.7 GB SDXL file is not copied into RAM.
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=head.startswith(b"PK"))
-        raise ValueError("it starts like neither a safetensors nor a PyTorch file")
-    except UnpicklingError as err:
-        raise WeightFileError(
-            f"'{name}' was refused: reading it would run code or build Python objects besides tensors, "
-            "which is unsafe, and a ConsistentID checkpoint holds tensors only.", fix) from err
-    except (SafetensorError, RuntimeError, ValueError, KeyError, EOFError, OSError) as err:
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightFileError(
-            f"'{name}' is not a readable checkpoint: it is truncated, damaged or not a PyTorch/safetensors file "
-            f"(for example a Git LFS pointer or a web page saved by a failed download). Reader said: {detail}.",
-            fix) from err
+    return read_tensors(path, "a ConsistentID checkpoint", fix)
 
 
 def _strip(key: str) -> str:

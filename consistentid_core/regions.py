@@ -4,7 +4,7 @@ Everything here follows the official code (docs/method.md §2.2-2.3, quirks §8.
 per-class masks, one eye / ear / lip, full-frame composites on black and the PIL-bicubic CLIP
 preprocessing of ``CLIPImageProcessor()``.
 """
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -152,13 +152,19 @@ def _on_black(photo: Image.Image, mask: Image.Image) -> Image.Image:
     return out
 
 
+def region_composites(rgb: np.ndarray, masks: dict[str, np.ndarray]) -> Iterator[Image.Image]:
+    """Each region as the official code shows it to CLIP: the full frame with everything outside the region
+    black (not a crop). One at a time, since each is a full-size frame."""
+    photo = Image.fromarray(rgb)
+    for mask in masks.values():
+        yield _on_black(photo, mask_at_size(mask, *photo.size))
+
+
 def region_pixels(rgb: np.ndarray, masks: dict[str, np.ndarray], max_slots: int = MAX_SLOTS) -> torch.Tensor:
-    """CLIP pixels ``[len(masks), 3, 224, 224]`` of each region: the full frame with everything
-    outside the region black (not a crop), then :func:`clip_pixels`."""
+    """CLIP pixels ``[len(masks), 3, 224, 224]`` of each region composite (:func:`region_composites`)."""
     if len(masks) > max_slots:
         raise ValueError(f"{len(masks)} regions do not fit in {max_slots} slots")
     if not masks:
         return torch.zeros(0, 3, CLIP_SIZE, CLIP_SIZE)
-    photo = Image.fromarray(rgb)
-    return torch.stack([clip_pixels(_on_black(photo, mask_at_size(mask, *photo.size))) for mask in masks.values()])
+    return torch.stack([clip_pixels(composite) for composite in region_composites(rgb, masks)])
 

@@ -42,6 +42,7 @@ def test_generator_cli_writes_every_unit_file(tmp_path):
         "face_parsing/face_parsing.pth", "face_parsing/parsing_bisenet.pth",
         "insightface/models/buffalo_l/det_10g.onnx", "insightface/models/buffalo_l/w600k_r50.onnx",
         "insightface/models/buffalo_l_noface/det_10g.onnx", "insightface/models/buffalo_l_noface/w600k_r50.onnx",
+        "dino/dino_deitsmall16_pretrain.pth",
     }
     written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
     assert written == expected

@@ -15,13 +15,14 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from . import bisenet, consistentid, insightface_pack
+    from . import bisenet, consistentid, dino, insightface_pack
 
     written = {}
     written.update(consistentid.write_checkpoints(args.models_dir, size=args.size, seed=args.seed,
                                                 include_sdxl=args.sdxl))
     written.update(bisenet.write_face_parsers(args.models_dir, seed=args.seed))
     written.update(insightface_pack.write_packs(args.models_dir, seed=args.seed))
+    written.update(dino.write_dino(args.models_dir, seed=args.seed))
     if args.comfyui is not None:
         from . import host_models
 
