@@ -15,6 +15,7 @@ from .clip_vision import encode_penultimate, zero_image_features
 from .common import PackNode, node_schema, warn
 from .managed import compute_dtype, on_device
 from .merge_step import NODES as MERGE_NODES
+from .official_sampling import NODES as OFFICIAL_NODES
 from .types import ConsistentID, InsightFace
 from .unet_patch import apply_to_model, check_model_arch
 
@@ -111,4 +112,4 @@ class ConsistentIDApply(PackNode):
             return io.NodeOutput(patched)
 
 
-NODES = [ConsistentIDApply, *MERGE_NODES]
+NODES = [ConsistentIDApply, *MERGE_NODES, *OFFICIAL_NODES]
