@@ -18,7 +18,9 @@ from .prompt import CONTEXT_LENGTH, FacialPrompt, build_facial_prompt, literal_i
 from .regions import RegionFeatures
 from .tokenizer import ClipBPE
 
-# token ids per text encoder ("l", and "g" for SDXL) → (embeddings [1, 77, D], pooled output)
+# token ids per text encoder ("l", and "g" for SDXL) → (embeddings [1, 77, D], pooled output). As in the
+# host, the pooled output is the last encoder's row at the first EOS of its ids, or at its last row if none.
+# The ids of each encoder are 77 long, or a lone BOS.
 TextEncode = Callable[[Mapping[str, list[int]]], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -44,6 +46,11 @@ def facial_conditioning(encoder: FacialEncoder, regions: RegionFeatures, prompt:
     ``bpe`` holds the tokenizer of each text encoder: ``{"l": …}`` for SD1.5, ``{"l": …, "g": …}`` for
     SDXL, whose CLIP-G half sees the marked prompt as literal text and whose text-only branch uses the
     raw prompt (both official quirks, docs/method.md §8.12).
+
+    SDXL's pooled output is bigG's at the official row: official SDXL's text-encoder config keeps a legacy
+    EOS id, so transformers pools the row of the largest id. That is the EOS, where the host pools too, or
+    BOS (row 0) when the literal-marker ids overflow 77 and lose their EOS, where the host would pool the
+    last row. Under causal attention row 0 sees BOS alone, so encoding BOS alone gives that vector.
     """
     facial_prompt = build_facial_prompt(prompt, regions.names, bpe["l"], caption, arch)
     marked = {"l": list(facial_prompt.clean_ids)}
@@ -58,13 +65,19 @@ def facial_conditioning(encoder: FacialEncoder, regions: RegionFeatures, prompt:
     token_mask = torch.zeros(1, CONTEXT_LENGTH, dtype=torch.bool)
     token_mask[0, list(facial_prompt.marked_positions)] = True
 
-    def fused(ids: Mapping[str, list[int]], features: torch.Tensor) -> Embedding:
+    def encoded(ids: Mapping[str, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         embeds, pooled = encode(ids)
+        if "g" in ids and bpe["g"].eos not in ids["g"]:
+            _, pooled = encode({name: row[:1] for name, row in ids.items()})
+        return embeds, pooled
+
+    def fused(ids: Mapping[str, list[int]], features: torch.Tensor) -> Embedding:
+        embeds, pooled = encoded(ids)
         out = encoder(embeds, features[None], token_mask, slot_mask[None])
         return Embedding(out.to(embeds.device, embeds.dtype), pooled)
 
     return FacialConditioning(
-        text_only=Embedding(*encode(standard(text))),
+        text_only=Embedding(*encoded(standard(text))),
         facial=fused(marked, cond),
         negative=fused(standard(negative_prompt), uncond),
         prompt=facial_prompt,

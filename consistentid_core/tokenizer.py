@@ -8,6 +8,9 @@ from typing import Any, Protocol
 
 import ftfy
 
+# Official SDXL's bigG tokenizer is configured with `!` as its pad token (id 0), not EOS.
+BIGG_PAD_TOKEN = "!"
+
 
 class ClipBPE(Protocol):
     bos: int
@@ -22,17 +25,28 @@ class ClipBPE(Protocol):
 class HFClipBPE:
     """Adapts a transformers `CLIPTokenizer`, slow or fast (ComfyUI's `SDTokenizer.tokenizer` is one).
 
-    `pad` overrides the tokenizer's pad id (ComfyUI pads SDXL's CLIP-G with 0, not EOS). The tokenizer's
-    `model_max_length` is never used: ComfyUI's config says 8192.
+    `pad_token` replaces the tokenizer's own: official bigG's is `BIGG_PAD_TOKEN`, while ComfyUI's CLIP-G
+    tokenizer is CLIP-L's, whose pad token is EOS. The tokenizer's `model_max_length` is never used:
+    ComfyUI's config says 8192.
     """
 
-    def __init__(self, hf_tokenizer: Any, pad: int | None = None):
+    def __init__(self, hf_tokenizer: Any, pad_token: str | None = None):
         self.tokenizer = hf_tokenizer
         self.bos = hf_tokenizer.bos_token_id
         self.eos = hf_tokenizer.eos_token_id
-        self.pad = hf_tokenizer.pad_token_id if pad is None else pad
+        self.pad_token = hf_tokenizer.pad_token if pad_token is None else pad_token
+        self.pad = hf_tokenizer.convert_tokens_to_ids(self.pad_token)
 
     def encode(self, text: str) -> list[int]:
+        # The pad token is a special token of the official tokenizers: each occurrence is split off the raw
+        # text and encoded alone. With bigG's `!` this turns "wow!!!" into [wow, 0, 0, 0], where plain BPE
+        # merges "!!!" into one token.
+        ids = []
+        for i, piece in enumerate(text.split(self.pad_token)):
+            ids += ([self.pad] if i else []) + self._bpe(piece)
+        return ids
+
+    def _bpe(self, text: str) -> list[int]:
         # The official (slow) tokenizer cleans text with ftfy; the fast one of transformers 5 does not, so
         # apply it here (it is idempotent, so a slow tokenizer applying it again changes nothing).
         # tokenize() rather than encode(): no special tokens and no too-long warning.

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 from ..consistentid_core.checkpoint import check_arch
 from ..consistentid_core.conditioning import Embedding, facial_conditioning
 from ..consistentid_core.prompt import DEFAULT_CAPTIONS
-from ..consistentid_core.tokenizer import HFClipBPE
+from ..consistentid_core.tokenizer import BIGG_PAD_TOKEN, HFClipBPE
 from .common import PackNode, node_schema, tag
 from .managed import compute_dtype, on_device
 from .types import ConsistentID, RegionEmbeds
@@ -22,9 +22,10 @@ def clip_arch(clip) -> str:
 
 
 def _bpe(clip) -> dict[str, HFClipBPE]:
-    bpe = {"l": HFClipBPE(clip.tokenizer.clip_l.tokenizer, pad=clip.tokenizer.clip_l.pad_token)}
+    """The official tokenizers on the host's vocabularies: CLIP-L as it is, bigG with its official pad token."""
+    bpe = {"l": HFClipBPE(clip.tokenizer.clip_l.tokenizer)}
     if hasattr(clip.tokenizer, "clip_g"):
-        bpe["g"] = HFClipBPE(clip.tokenizer.clip_g.tokenizer, pad=clip.tokenizer.clip_g.pad_token)
+        bpe["g"] = HFClipBPE(clip.tokenizer.clip_g.tokenizer, BIGG_PAD_TOKEN)
     return bpe
 
 
@@ -32,7 +33,8 @@ def _encoder(clip):
     """Token ids per encoder → (embeddings, pooled) through the host's CLIP, weights all 1.
 
     The ids are built by our prompt code, not ComfyUI's prompt parser, because the official
-    tokenisation reads "(" and ")" literally and cuts at 77 tokens without re-adding EOS.
+    tokenisation reads "(" and ")" literally and cuts at 77 tokens without re-adding EOS. ComfyUI pools
+    the first EOS, else the last token it is given, as `TextEncode` expects.
     """
     def encode(ids):
         tokens = {name: [[(token, 1.0) for token in row]] for name, row in ids.items()}

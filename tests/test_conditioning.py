@@ -6,6 +6,7 @@ from consistentid_core.checkpoint import build_facial_encoder, load_checkpoint
 from consistentid_core.conditioning import facial_conditioning
 from consistentid_core.prompt import build_facial_prompt, literal_ids, standard_ids
 from consistentid_core.regions import RegionFeatures
+from consistentid_core.tokenizer import BIGG_PAD_TOKEN, HFClipBPE
 
 ALL_REGIONS = ["Face", "Left_Eye", "Left_Ear", "Nose", "Upper_Lip"]
 PROMPT = "A man, in a forest, adventuring"
@@ -116,7 +117,7 @@ def test_a_caption_over_330_characters_fuses_nothing(sd15, clip_tokenizer):
 def test_sdxl_uses_literal_markers_for_clip_g_and_the_raw_prompt_for_text_only(consistentid_unit_files,
                                                                                 clip_tokenizer):
     encoder = _encoder(consistentid_unit_files["consistentid_sdxl_unit"])
-    bpe_g = type(clip_tokenizer)(clip_tokenizer.tokenizer, pad=0)
+    bpe_g = HFClipBPE(clip_tokenizer.tokenizer, BIGG_PAD_TOKEN)
     regions = _regions(encoder, ALL_REGIONS)
     text = TableEncoder({"l": 768, "g": 1280})
     with torch.no_grad():

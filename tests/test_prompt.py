@@ -7,7 +7,7 @@ from clip_vocab import MERGES_TXT_SHA256, VOCAB_JSON_SHA256
 from consistentid_core.prompt import (
     DEFAULT_CAPTIONS, FACIAL_ID, build_facial_prompt, literal_ids, marked_ids, normalise_caption, standard_ids,
 )
-from consistentid_core.tokenizer import HFClipBPE
+from consistentid_core.tokenizer import BIGG_PAD_TOKEN, HFClipBPE
 
 ALL5 = ["Face", "Left_Eye", "Left_Ear", "Nose", "Upper_Lip"]
 BOS, EOS = 49406, 49407
@@ -111,7 +111,7 @@ def test_spec_example_f_sdxl_separator_and_literal_markers_for_clip_g(clip_token
                               "<|facial|>, two eyes <|facial|>, one nose <|facial|>, and a mouth <|facial|>,")
     assert fp.marked_positions == (14, 17, 20, 23, 27)
     assert fp.clean_ids.index(EOS) == 29
-    clip_g = HFClipBPE(clip_tokenizer.tokenizer, pad=0)
+    clip_g = HFClipBPE(clip_tokenizer.tokenizer, BIGG_PAD_TOKEN)
     ids = literal_ids(fp.prompt_face, clip_g)
     assert ids[14:21] == [1710, 27, 347, 11909, 91, 29, 267]  # face < | facial | > ,
     assert ids.index(EOS) == 54 and ids[55:] == [0] * 22
@@ -187,7 +187,7 @@ def test_standard_ids_match_the_hf_tokenizer(clip_tokenizer, text):
 
 
 def test_standard_ids_pad_with_the_given_pad(clip_tokenizer):
-    ids = standard_ids("a cat", HFClipBPE(clip_tokenizer.tokenizer, pad=0))
+    ids = standard_ids("a cat", HFClipBPE(clip_tokenizer.tokenizer, BIGG_PAD_TOKEN))
     assert ids[:4] == [BOS, 320, 2368, EOS] and ids[4:] == [0] * 73
 
 
