@@ -25,7 +25,7 @@ pytestmark = pytest.mark.host
 WIDTH, HEIGHT, STEPS, MERGE_STEP = 64, 96, 2, 0
 PHOTO = "astronaut.png"
 INPAINT_TARGET = "inpaint_target.png"
-BASIC, INPAINT, CONTROLNET, ALL_IN_ONE = workflows.DEFINITIONS
+BASIC, INPAINT, CONTROLNET, ALL_IN_ONE = (name for name in workflows.DEFINITIONS if "_sd15_" in name)
 # Nodes that analyse the reference face: none may run again when only the seed or the prompt changes.
 FACE_ANALYSIS = ["CLIPVisionLoader", "ConsistentIDFaceParserLoader", "ConsistentIDInsightFaceLoader",
                  "ConsistentIDFaceParse", "ConsistentIDRegionEmbed", "ConsistentIDApply"]
@@ -99,16 +99,27 @@ def test_examples_use_the_official_defaults():
     assert stems == set(workflows.DEFINITIONS)
     assert stems == {path.stem for path in workflows.API_DIR.glob("*.json")}
     assert all((workflows.UI_DIR / f"{stem}.jpg").is_file() for stem in stems)
-    official = workflows.OFFICIAL
+    assert {"consistentid_sdxl_basic", "consistentid_sdxl_all_in_one"} <= stems
     for stem in stems:
         prompt = load_api(stem)
+        sdxl = "_sdxl_" in stem
+        # The official scripts: SD1.5 512x768 CFG 5, face parsing at 512, detection at 640; SDXL 864x1152 CFG 7.5,
+        # 1280, 512; both 50 Euler steps with the merge after step 30.
+        size, cfg, parse_size, det_size = ((864, 1152), 7.5, "1280", 512) if sdxl else ((512, 768), 5.0, "512", 640)
         [sampler] = (prompt[i]["inputs"] for i in node_ids(prompt, "KSampler"))
         assert {key: sampler[key] for key in ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")} == {
-            **{key: official[key] for key in ("seed", "steps", "cfg", "sampler_name", "scheduler")}, "denoise": 1.0}
+            "seed": 2024, "steps": 50, "cfg": cfg, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
         for node_id in node_ids(prompt, "EmptyLatentImage"):
-            assert (prompt[node_id]["inputs"]["width"], prompt[node_id]["inputs"]["height"]) == (512, 768)
+            assert (prompt[node_id]["inputs"]["width"], prompt[node_id]["inputs"]["height"]) == size
         [merge] = (prompt[i]["inputs"] for i in _ids(prompt, "ConsistentIDMergeStepScheduler", "ConsistentIDSimple"))
         assert (merge["merge_step"], merge["steps"], merge["scheduler"]) == (30, 50, "normal")
+        for node_id in node_ids(prompt, "ConsistentIDFaceParse"):
+            assert prompt[node_id]["inputs"]["parse_size"] == parse_size
+        for node_id in node_ids(prompt, "ConsistentIDInsightFaceLoader"):
+            assert prompt[node_id]["inputs"]["det_size"] == det_size
+        for node_id in _ids(prompt, "ConsistentIDLoader", "ConsistentIDSimple"):
+            assert prompt[node_id]["inputs"]["consistentid_name"] == (
+                "ConsistentID_SDXL-v1.bin" if sdxl else "ConsistentID-v1.bin")
         [text] = (prompt[i]["inputs"] for i in _ids(prompt, "ConsistentIDFacialEncoder", "ConsistentIDSimple"))
         assert (text["prompt"], text["negative_prompt"]) == (workflows.PROMPT, workflows.NEGATIVE)
         assert text["prompt"].startswith("cinematic photo,A man, in a forest, adventuring, 50mm photograph")

@@ -24,8 +24,6 @@ VIRTUAL_NODES = {"MarkdownNote", "Note"}  # frontend-only: never sent to /prompt
 SLOT_H, WIDGET_H, TEXT_H, IMAGE_H, TITLE_H, GAP = 20, 24, 90, 260, 30, 40
 COLUMN_X = (0, 380, 760, 1180, 1560, 1980)
 
-OFFICIAL = {"width": 512, "height": 768, "steps": 50, "merge_step": 30, "cfg": 5.0, "sampler_name": "euler",
-            "scheduler": "normal", "seed": 2024}
 PROMPT = ("cinematic photo,A man, in a forest, adventuring, 50mm photograph, half-length portrait, film, bokeh, "
           "professional, 4k, highly detailed")
 NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality, blurry"
@@ -35,10 +33,33 @@ CHECKPOINT = ("v1-5-pruned-emaonly.safetensors", "checkpoints",
 CLIP_VISION = ("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "clip_vision",
                f"{HF}/h94/IP-Adapter/resolve/main/models/image_encoder/model.safetensors")
 ADAPTER = ("ConsistentID-v1.bin", "consistentid", f"{HF}/JackAILab/ConsistentID/resolve/main/ConsistentID-v1.bin")
+CHECKPOINT_SDXL = ("sd_xl_base_1.0.safetensors", "checkpoints",
+                   f"{HF}/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors")
+ADAPTER_SDXL = ("ConsistentID_SDXL-v1.bin", "consistentid",
+                f"{HF}/JackAILab/ConsistentID/resolve/main/ConsistentID_SDXL-v1.bin")
 PARSER = ("face_parsing.pth", "face_parsing", f"{HF}/JackAILab/ConsistentID/resolve/main/face_parsing.pth")
 CONTROLNET = ("control_v11p_sd15_canny_fp16.safetensors", "controlnet",
               f"{HF}/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/"
               "control_v11p_sd15_canny_fp16.safetensors")
+
+
+@dataclass(frozen=True)
+class Base:
+    """A base model's files and the official settings of its ConsistentID scripts."""
+    name: str
+    tag: str
+    checkpoint: tuple
+    adapter: tuple
+    parse_size: str
+    det_size: int
+    official: dict
+
+
+SD15 = Base("SD1.5", "sd15", CHECKPOINT, ADAPTER, "512", 640,
+            {"width": 512, "height": 768, "steps": 50, "merge_step": 30, "cfg": 5.0, "sampler_name": "euler",
+             "scheduler": "normal", "seed": 2024})
+SDXL = Base("SDXL", "sdxl", CHECKPOINT_SDXL, ADAPTER_SDXL, "1280", 512,
+            {**SD15.official, "width": 864, "height": 1152, "cfg": 7.5})
 
 
 class Link(NamedTuple):
@@ -79,29 +100,38 @@ class Graph:
 
 # ---------------------------------------------------------------------------------------------------- definitions
 
-NOTE = """## ConsistentID (SD1.5)
+def _note(base: Base) -> str:
+    o = base.official
+    demo = {"sd15": "Realistic Vision V6.0 B1", "sdxl": "RealVisXL V4.0"}[base.tag]
+    return f"""## ConsistentID ({base.name})
 Upload a clear photo of **one face** in *Reference face*, write the prompt in *ConsistentID Facial Encoder* and queue.
 
 **Models** (ComfyUI/models/…):
-- `checkpoints/` an SD1.5 checkpoint (the official demo uses Realistic Vision V6.0 B1)
-- `consistentid/ConsistentID-v1.bin` and `face_parsing/face_parsing.pth` from huggingface.co/JackAILab/ConsistentID
+- `checkpoints/` an {base.name} checkpoint (the official demo uses {demo})
+- `consistentid/{base.adapter[0]}` and `face_parsing/face_parsing.pth` from huggingface.co/JackAILab/ConsistentID
 - `clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors` (IP-Adapter's image encoder, renamed)
 - `insightface/models/buffalo_l/` (det_10g.onnx, w600k_r50.onnx)
 
-Official settings: 512×768, 50 steps, merge step 30, CFG 5, euler / normal. Sample with the MODEL of
-*Merge Step Scheduler* and keep its steps and scheduler equal to the KSampler's. Face parsing, InsightFace and CLIP vision run once per photo;
-changing the prompt or the seed reuses them."""
+Official settings: {o["width"]}×{o["height"]}, {o["steps"]} steps, merge step {o["merge_step"]}, CFG {o["cfg"]:g}, euler /
+normal; face parsing at {base.parse_size}, InsightFace detection at {base.det_size}. Sample with the MODEL of
+*Merge Step Scheduler* and keep its steps and scheduler equal to the KSampler's. Face parsing, InsightFace and
+CLIP vision run once per photo; changing the prompt or the seed reuses them."""
 
 
-def _identity(g: Graph) -> dict[str, Link]:
+NOTE = _note(SD15)
+
+
+def _identity(g: Graph, base: Base = SD15) -> dict[str, Link]:
     """Loaders, face parsing and the ConsistentID patch: what every advanced example shares."""
-    ckpt = g.add("CheckpointLoaderSimple", 0, models=(CHECKPOINT,), ckpt_name=CHECKPOINT[0])
-    adapter = g.add("ConsistentIDLoader", 0, models=(ADAPTER,), consistentid_name=ADAPTER[0])
+    o = base.official
+    ckpt = g.add("CheckpointLoaderSimple", 0, models=(base.checkpoint,), ckpt_name=base.checkpoint[0])
+    adapter = g.add("ConsistentIDLoader", 0, models=(base.adapter,), consistentid_name=base.adapter[0])
     vision = g.add("CLIPVisionLoader", 0, models=(CLIP_VISION,), clip_name=CLIP_VISION[0])
     parser = g.add("ConsistentIDFaceParserLoader", 0, models=(PARSER,), parser_name=PARSER[0])
-    insightface = g.add("ConsistentIDInsightFaceLoader", 0, pack="buffalo_l", provider="CPU", det_size=640)
+    insightface = g.add("ConsistentIDInsightFaceLoader", 0, pack="buffalo_l", provider="CPU",
+                        det_size=base.det_size)
     photo = g.add("LoadImage", 1, title="Reference face", image="example.png")
-    parsed = g.add("ConsistentIDFaceParse", 1, face_parser=parser[0], image=photo[0], parse_size="512")
+    parsed = g.add("ConsistentIDFaceParse", 1, face_parser=parser[0], image=photo[0], parse_size=base.parse_size)
     embeds = g.add("ConsistentIDRegionEmbed", 1, clip_vision=vision[0], image=photo[0], face_regions=parsed[0])
     preview = g.add("PreviewImage", 1, title="Face parts", images=parsed[1])
     encoder = g.add("ConsistentIDFacialEncoder", 2, box_width=400, consistentid=adapter[0], clip=ckpt[1],
@@ -110,29 +140,33 @@ def _identity(g: Graph) -> dict[str, Link]:
                   insightface=insightface[0], image=photo[0], weight=1.0, lora_strength=1.0, start_at=0.0,
                   end_at=1.0, on_no_face="error")
     merge = g.add("ConsistentIDMergeStepScheduler", 2, model=apply[0], text_only=encoder[0], facial=encoder[1],
-                  merge_step=OFFICIAL["merge_step"], steps=OFFICIAL["steps"], scheduler=OFFICIAL["scheduler"])
+                  merge_step=o["merge_step"], steps=o["steps"], scheduler=o["scheduler"])
     g.group("Models", "#3f789e", ckpt, adapter, vision, parser, insightface)
     g.group("Reference face", "#8a6e3f", photo, parsed, preview, embeds)
     g.group("ConsistentID", "#5a3f8a", encoder, apply, merge)
     return {"model": merge[0], "positive": merge[1], "negative": encoder[2], "vae": ckpt[2], "photo": photo[0]}
 
 
-def _sample(g: Graph, column: int, model: Link, positive: Link, negative: Link, latent: Link, vae: Link) -> None:
+def _sample(g: Graph, column: int, model: Link, positive: Link, negative: Link, latent: Link, vae: Link,
+            base: Base = SD15) -> None:
+    o = base.official
     sampler = g.add("KSampler", column, model=model, positive=positive, negative=negative, latent_image=latent,
-                    seed=OFFICIAL["seed"], steps=OFFICIAL["steps"], cfg=OFFICIAL["cfg"],
-                    sampler_name=OFFICIAL["sampler_name"], scheduler=OFFICIAL["scheduler"], denoise=1.0)
+                    seed=o["seed"], steps=o["steps"], cfg=o["cfg"], sampler_name=o["sampler_name"],
+                    scheduler=o["scheduler"], denoise=1.0)
     decoded = g.add("VAEDecode", column + 1, samples=sampler[0], vae=vae)
     g.add("SaveImage", column + 1, box_width=420, images=decoded[0], filename_prefix="ConsistentID")
 
 
-def _empty_latent(g: Graph, column: int) -> Node:
-    return g.add("EmptyLatentImage", column, width=OFFICIAL["width"], height=OFFICIAL["height"], batch_size=1)
+def _empty_latent(g: Graph, column: int, base: Base = SD15) -> Node:
+    return g.add("EmptyLatentImage", column, width=base.official["width"], height=base.official["height"],
+                 batch_size=1)
 
 
-def basic() -> Graph:
-    g = Graph("consistentid_sd15_basic", NOTE)
-    parts = _identity(g)
-    _sample(g, 3, parts["model"], parts["positive"], parts["negative"], _empty_latent(g, 3)[0], parts["vae"])
+def basic(base: Base = SD15) -> Graph:
+    g = Graph(f"consistentid_{base.tag}_basic", _note(base))
+    parts = _identity(g, base)
+    _sample(g, 3, parts["model"], parts["positive"], parts["negative"], _empty_latent(g, 3, base)[0], parts["vae"],
+            base)
     return g
 
 
@@ -167,27 +201,29 @@ any SD1.5 ControlNet works with its matching preprocessor.""")
     return g
 
 
-def all_in_one() -> Graph:
-    g = Graph("consistentid_sd15_all_in_one", """## ConsistentID (all in one)
+def all_in_one(base: Base = SD15) -> Graph:
+    o = base.official
+    g = Graph(f"consistentid_{base.tag}_all_in_one", f"""## ConsistentID (all in one, {base.name})
 One node runs the whole ConsistentID graph with the official settings (it expands into the granular nodes, so
 face analysis is cached). Upload a clear photo of **one face** in *Reference face* and queue.
 
-**Models** (ComfyUI/models/…): an SD1.5 checkpoint, `consistentid/ConsistentID-v1.bin`,
+**Models** (ComfyUI/models/…): an {base.name} checkpoint, `consistentid/{base.adapter[0]}`,
 `face_parsing/face_parsing.pth`, `clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors`,
 `insightface/models/buffalo_l/`. Keep the node's steps and scheduler equal to the KSampler's.""")
-    ckpt = g.add("CheckpointLoaderSimple", 0, models=(CHECKPOINT,), ckpt_name=CHECKPOINT[0])
+    ckpt = g.add("CheckpointLoaderSimple", 0, models=(base.checkpoint,), ckpt_name=base.checkpoint[0])
     vision = g.add("CLIPVisionLoader", 0, models=(CLIP_VISION,), clip_name=CLIP_VISION[0])
     photo = g.add("LoadImage", 0, title="Reference face", image="example.png")
-    simple = g.add("ConsistentIDSimple", 1, box_width=400, models=(ADAPTER, PARSER), model=ckpt[0], clip=ckpt[1],
-                   clip_vision=vision[0], image=photo[0], prompt=PROMPT, negative_prompt=NEGATIVE,
-                   consistentid_name=ADAPTER[0], parser_name=PARSER[0], insightface_pack="buffalo_l", provider="CPU",
-                   base_model="SD1.5", weight=1.0, merge_step=OFFICIAL["merge_step"], steps=OFFICIAL["steps"],
-                   scheduler=OFFICIAL["scheduler"])
-    _sample(g, 3, simple[0], simple[1], simple[2], _empty_latent(g, 3)[0], ckpt[2])
+    simple = g.add("ConsistentIDSimple", 1, box_width=400, models=(base.adapter, PARSER), model=ckpt[0],
+                   clip=ckpt[1], clip_vision=vision[0], image=photo[0], prompt=PROMPT, negative_prompt=NEGATIVE,
+                   consistentid_name=base.adapter[0], parser_name=PARSER[0], insightface_pack="buffalo_l",
+                   provider="CPU", base_model=base.name, weight=1.0, merge_step=o["merge_step"], steps=o["steps"],
+                   scheduler=o["scheduler"])
+    _sample(g, 3, simple[0], simple[1], simple[2], _empty_latent(g, 3, base)[0], ckpt[2], base)
     return g
 
 
-DEFINITIONS = {graph.name: graph for graph in (basic(), inpaint(), controlnet(), all_in_one())}
+DEFINITIONS = {graph.name: graph for graph in (basic(), inpaint(), controlnet(), all_in_one(), basic(SDXL),
+                                                  all_in_one(SDXL))}
 
 # ------------------------------------------------------------------------------------------------ conversion
 
