@@ -6,10 +6,11 @@ import torch
 
 
 def cosine(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
-    """Cosine similarity of two vectors, in float64 so a vector against itself gives 1 to the last bit."""
+    """Cosine similarity of two vectors, computed in float64."""
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    # Clipped: rounding can put a vector against itself a hair above 1, which a score table would show.
+    return float(np.clip(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), -1.0, 1.0))
 
 
 def mean_of(values: Iterable[float | None]) -> float | None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 import folder_paths
 from comfy_api.latest import io
 
+from ..consistentid_core import dino
 from ..consistentid_core.checkpoint import DOWNLOAD, RELEASE_FILES
 from ..consistentid_core.errors import WeightFileError
 
@@ -16,6 +17,7 @@ MODEL_FOLDERS = {
     "consistentid": WEIGHT_EXTENSIONS,
     "face_parsing": WEIGHT_EXTENSIONS,
     "insightface": {".onnx"},
+    "dino": WEIGHT_EXTENSIONS,
 }
 
 
@@ -37,6 +39,7 @@ def register_model_folders() -> None:
 RELEASES = {
     "consistentid": ((RELEASE_FILES["sd15"], RELEASE_FILES["sdxl"]), DOWNLOAD),
     "face_parsing": (("face_parsing.pth",), DOWNLOAD),
+    "dino": ((dino.RELEASE_FILE,), dino.DOWNLOAD),
 }
 _LISTED = 10  # files named when the selected one is not there
 

@@ -7,3 +7,4 @@ FaceRegions = io.Custom("FACE_REGIONS")
 RegionEmbeds = io.Custom("CONSISTENTID_REGION_EMBEDS")
 # Same name and object (insightface.app.FaceAnalysis) as IPAdapter_plus, so either pack's loader feeds the other.
 InsightFace = io.Custom("INSIGHTFACE")
+Dino = io.Custom("DINO_VIT")

@@ -45,10 +45,11 @@ def host_model_files(python: str, comfyui_path: Path) -> dict[str, Path]:
 def write_pack_models(models_dir: Path) -> dict[str, Path]:
     """Run the weight generators into ``models_dir``: the pack's files (ConsistentID at full size) and an
     IP-Adapter for the neighbour pack."""
-    from weightgen import bisenet, consistentid, insightface_pack, ipadapter
+    from weightgen import bisenet, consistentid, dino, insightface_pack, ipadapter
 
     return {**consistentid.write_checkpoints(models_dir, size="full"), **bisenet.write_face_parsers(models_dir),
-            **insightface_pack.write_packs(models_dir), **ipadapter.write_ipadapter(models_dir)}
+            **insightface_pack.write_packs(models_dir), **ipadapter.write_ipadapter(models_dir),
+            **dino.write_dino(models_dir)}
 
 def link(target: Path, link_path: Path) -> None:
     link_path.parent.mkdir(parents=True, exist_ok=True)

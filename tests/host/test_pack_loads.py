@@ -8,9 +8,9 @@ from PIL import Image
 
 pytestmark = pytest.mark.host
 
-PACK_FOLDERS = ["consistentid", "face_parsing", "insightface"]
+PACK_FOLDERS = ["consistentid", "face_parsing", "insightface", "dino"]
 LOADER_OF = {"consistentid": "ConsistentIDLoader", "face_parsing": "ConsistentIDFaceParserLoader",
-             "insightface": "ConsistentIDInsightFaceLoader"}
+             "insightface": "ConsistentIDInsightFaceLoader", "dino": "ConsistentIDDinoLoader"}
 IMPORT_FAILURES = ("IMPORT FAILED", "Cannot import", "Error while calling comfy_entrypoint", "Skip ")
 
 
