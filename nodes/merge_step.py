@@ -76,7 +76,6 @@ class _Run:
     """One sampler run: its sigmas and where they sit in each tagged schedule."""
 
     def __init__(self, sigmas: torch.Tensor, sampling):
-        self.sigmas = sigmas
         self.sampling = sampling
         self.cpu_sigmas = sigmas.detach().float().cpu()
         self._offsets: dict[tuple[int, str], int] = {}

@@ -32,7 +32,6 @@ OPTION_KEY = "consistentid_step"  # in transformer_options: the StepInfo of the 
 class StepInfo:
     step: int
     sigma: float
-    sigmas: tuple[float, ...]  # the run's schedule
 
 
 class _DryModel:
@@ -102,13 +101,13 @@ class _Run:
         if self.planned is not None and n < len(self.planned[0]):
             steps, planned_sigmas = self.planned
             sigma = planned_sigmas[n]
-            return StepInfo(steps[n], sigma, self.sigmas)
+            return StepInfo(steps[n], sigma)
         sigma = float(timestep.max())
         if self.planned is not None and not self.warned:
             self.warned = True
             logging.warning("ConsistentID: this sampler evaluated the model more often than planned; the "
                             "remaining evaluations are placed in the schedule by their sigma.")
-        return StepInfo(_step_of_sigma(self.sigmas, sigma), sigma, self.sigmas)
+        return StepInfo(_step_of_sigma(self.sigmas, sigma), sigma)
 
 
 _RUN_KEY = "consistentid_step_run"

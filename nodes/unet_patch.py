@@ -83,17 +83,13 @@ class FaceIDAttention:
         return torch.add(out.view(b, n, heads, -1), ip.transpose(1, 2), alpha=self.weight).view(b, n, inner)
 
     def _in_range(self, extra_options: dict) -> bool:
-        step = extra_options.get(OPTION_KEY)
-        # Without the step wrapper (a sampler outside ComfyUI's KSAMPLER path) the sigma is read off the device.
-        sigma = step.sigma if step is not None else float(extra_options["sigmas"].max())
-        return self.sigma_range[1] <= sigma <= self.sigma_range[0]
+        return self.sigma_range[1] <= _sigma(extra_options) <= self.sigma_range[0]
 
     def _add_stacked(self, out, q, k, v, extra_options):
         sigma = None
         for callback, kwargs in self.added:
             if "sigma_start" in kwargs:
-                if sigma is None:
-                    sigma = float(extra_options["sigmas"].detach().cpu()[0]) if "sigmas" in extra_options else math.inf
+                sigma = _sigma(extra_options) if sigma is None else sigma
                 if not kwargs["sigma_end"] <= sigma <= kwargs["sigma_start"]:
                     continue
             out = out + callback(out, q, k, v, extra_options, **kwargs)
@@ -109,6 +105,16 @@ class FaceIDAttention:
             index = torch.tensor([min(c, 1) for c in chunks for _ in range(rows)])
             self._layouts[key] = tuple(t[index].to(q) for t in self.kv)
         return self._layouts[key]
+
+
+def _sigma(extra_options: dict) -> float:
+    """The sigma of the current model evaluation: the step wrapper's host-side number, so no attention call
+    waits on the device; without the wrapper (a sampler outside ComfyUI's KSAMPLER path) it is read off the
+    device; a UNet called with no sigma at all counts as infinite."""
+    step = extra_options.get(OPTION_KEY)
+    if step is not None:
+        return step.sigma
+    return float(extra_options["sigmas"].max()) if "sigmas" in extra_options else math.inf
 
 
 def model_arch(model) -> str | None:

@@ -85,7 +85,7 @@ def test_patch_picks_cond_or_uncond_tokens_per_batch_chunk(host, pack):
     inside = pack.unet_patch.FaceIDAttention((k_ip, v_ip), 0.7, (6.0, 1.0))
     torch.testing.assert_close(inside(q, k, v, options), expected)
     # The step wrapper's host-side sigma decides when present: no device read inside the UNet.
-    step = pack.load("nodes.sampling_step").StepInfo(0, 3.0, (3.0, 0.0))
+    step = pack.load("nodes.sampling_step").StepInfo(0, 3.0)
     torch.testing.assert_close(outside(q, k, v, {**options, "consistentid_step": step}), expected)
 
 
