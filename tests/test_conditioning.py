@@ -1,11 +1,16 @@
-"""The three conditionings of spec §5.1 (SD1.5) and §6 (SDXL), with a table lookup as the text encoder."""
+"""The three conditionings of spec §5.1 (SD1.5) and §6 (SDXL), with a table lookup as the text encoder, and
+the weight per facial region."""
+import json
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from consistentid_core.checkpoint import build_facial_encoder, load_checkpoint
-from consistentid_core.conditioning import facial_conditioning
+from consistentid_core.conditioning import REGION_PARTS, facial_conditioning
+from consistentid_core.facial_encoder import FacialEncoder
 from consistentid_core.prompt import build_facial_prompt, literal_ids, standard_ids
-from consistentid_core.regions import RegionFeatures
+from consistentid_core.regions import REGION_KEYWORD, RegionFeatures
 from consistentid_core.tokenizer import BIGG_PAD_TOKEN, HFClipBPE
 
 ALL_REGIONS = ["Face", "Left_Eye", "Left_Ear", "Nose", "Upper_Lip"]
@@ -132,3 +137,157 @@ def test_sdxl_uses_literal_markers_for_clip_g_and_the_raw_prompt_for_text_only(c
     plain = text.embed(text.calls[1])[0]
     changed = (out.facial.embeds[0] != plain).any(-1).nonzero().flatten().tolist()
     assert changed == list(expected.marked_positions)
+
+
+@pytest.fixture(scope="module")
+def sdxl(consistentid_unit_files):
+    return _encoder(consistentid_unit_files["consistentid_sdxl_unit"])
+
+
+@pytest.fixture(scope="module")
+def table():
+    """One CLIP-L table for the tests that do not read its calls (building one takes most of a test's time)."""
+    return TableEncoder({"l": 768})
+
+
+def _assert_same(a, b):
+    assert a.prompt == b.prompt
+    for name in ("text_only", "facial", "negative"):
+        assert torch.equal(getattr(a, name).embeds, getattr(b, name).embeds), name
+        assert torch.equal(getattr(a, name).pooled, getattr(b, name).pooled), name
+
+
+def _without(regions, parts):
+    rows = [i for i, name in enumerate(regions.names) if REGION_KEYWORD[name] not in parts]
+    return RegionFeatures([regions.names[i] for i in rows], regions.features[rows], regions.zero_features)
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_region_weights_of_one_are_the_official_result_bit_for_bit(arch, sd15, sdxl, table, clip_tokenizer):
+    encoder, bpe, text = sd15, {"l": clip_tokenizer}, table
+    if arch == "sdxl":
+        encoder, text = sdxl, TableEncoder({"l": 768, "g": 1280})
+        bpe = {"l": clip_tokenizer, "g": HFClipBPE(clip_tokenizer.tokenizer, BIGG_PAD_TOKEN)}
+    regions = _regions(encoder, ALL_REGIONS)
+    with torch.no_grad():
+        official = facial_conditioning(encoder, regions, PROMPT, NEGATIVE, bpe, text, arch)
+        for weights in ({part: 1.0 for part in REGION_PARTS}, {"eyes": 1}, {}):
+            _assert_same(facial_conditioning(encoder, regions, PROMPT, NEGATIVE, bpe, text, arch,
+                                             region_weights=weights), official)
+
+
+@pytest.mark.parametrize("part", REGION_PARTS)
+def test_region_weight_zero_is_the_region_not_found(part, sd15, table, clip_tokenizer):
+    regions = _regions(sd15, ALL_REGIONS)
+    with torch.no_grad():
+        dropped = facial_conditioning(sd15, regions, PROMPT, NEGATIVE, {"l": clip_tokenizer}, table,
+                                      region_weights={part: 0})
+        missing = facial_conditioning(sd15, _without(regions, {part}), PROMPT, NEGATIVE, {"l": clip_tokenizer}, table)
+    assert len(dropped.prompt.marked_positions) == len(ALL_REGIONS) - 1
+    _assert_same(dropped, missing)
+
+
+def test_golden_missing_regions_case_is_the_all_regions_case_with_its_absent_parts_at_zero(golden_dir, sd15, table,
+                                                                                            clip_tokenizer):
+    """G2: the official prompt of the photo missing regions, from the all-regions parse with weight 0 on the
+    parts that photo lacks; its conditioning is the one of those regions alone (same region crops)."""
+    full = json.loads((golden_dir / "g2_synth_all_regions.json").read_text())
+    case = json.loads((golden_dir / "g2_synth_missing_regions.json").read_text())
+    assert (full["prompt"], full["face_caption"]) == (case["prompt"], case["face_caption"])
+    parts = [REGION_KEYWORD[name] for name in case["region_keys_kept"]]
+    absent = {REGION_KEYWORD[name] for name in full["region_keys_kept"]} - set(parts)
+    assert absent == {"ears"}
+
+    regions = _regions(sd15, full["keys_selected_get_prepare_facemask"])
+    with torch.no_grad():
+        dropped = facial_conditioning(sd15, regions, case["prompt"], NEGATIVE, {"l": clip_tokenizer}, table,
+                                      caption=case["face_caption"], region_weights=dict.fromkeys(absent, 0))
+    fp = dropped.prompt
+    assert [REGION_KEYWORD[name] for name in fp.kept_regions] == parts
+    assert (fp.aligned_caption, fp.prompt_face, fp.text_only, fp.rule) == (
+        case["face_caption_align"], case["prompt_face"], case["prompt_text_only"], case["rule_applied"])
+    assert list(fp.clean_ids) == case["clean_input_ids"]
+    assert list(fp.marked_positions) == case["facial_token_mask_positions"]
+    assert len(fp.kept_regions) == case["num_valid_slots"]
+
+    # The missing-regions photo's own regions (its names, the same crops) give the same conditioning.
+    crops = {REGION_KEYWORD[name]: features for name, features in zip(regions.names, regions.features)}
+    names = case["keys_selected_get_prepare_facemask"]
+    own = RegionFeatures(names, torch.stack([crops[REGION_KEYWORD[name]] for name in names]), regions.zero_features)
+    with torch.no_grad():
+        missing = facial_conditioning(sd15, own, case["prompt"], NEGATIVE, {"l": clip_tokenizer}, table,
+                                      caption=case["face_caption"])
+    assert missing.prompt.kept_regions == tuple(case["region_keys_kept"])
+    for name in ("text_only", "facial", "negative"):
+        assert torch.equal(getattr(dropped, name).embeds, getattr(missing, name).embeds), name
+
+
+@torch.no_grad()
+def test_golden_g4_official_fusion_without_two_regions_from_weight_zero(golden_dir, clip_tokenizer):
+    """G4 is the official FacialEncoder with three valid slots of five, at tokens 6, 11, 17 (positive and fused
+    negative). A caption whose face, eyes and nose land there, five regions whose face, eye and nose crops are
+    G4's valid slots, and weight 0 on ears and mouth must give G4's official outputs."""
+    meta = json.loads((golden_dir / "g4_facial_encoder.json").read_text())
+    io = load_file(golden_dir / "g4_facial_encoder_io.safetensors")
+    kw = meta["attention_mlp_kwargs"]
+    encoder = FacialEncoder(kw["embedding_dim"], kw["output_dim"], kw["dim"], kw["depth"], kw["heads"], kw["dim_head"])
+    encoder.load_state_dict(load_file(golden_dir / "g4_facial_encoder_state_dict.safetensors"))
+    assert meta["valid_id_mask"] == [1, 1, 1, 0, 0]
+    # G4's invalid slots 3 and 4 serve as the ear and lip crops, which must not reach the output.
+    regions = RegionFeatures(ALL_REGIONS, io["multi_image_embeds"][0, [0, 1, 3, 2, 4]],
+                             io["neg_multi_image_embeds"][0, 0])
+    negative_ids = standard_ids(NEGATIVE, clip_tokenizer)
+
+    def encode(ids):
+        embeds = io["neg_prompt_embeds" if ids["l"] == negative_ids else "prompt_embeds"]
+        return embeds, embeds[:, 0]
+
+    caption = "The person has face, with two blue eyes, two ears, and a very long nose, and one mouth."
+    out = facial_conditioning(encoder, regions, "", NEGATIVE, {"l": clip_tokenizer}, encode, caption=caption,
+                              region_weights={"ears": 0, "mouth": 0})
+    assert out.prompt.kept_regions == ("Face", "Left_Eye", "Nose")
+    assert list(out.prompt.marked_positions) == meta["class_token_positions"]
+    torch.testing.assert_close(out.facial.embeds, io["output"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.negative.embeds, io["output_neg"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("part", REGION_PARTS)
+def test_region_weight_half_moves_its_fused_tokens_halfway(part, sd15, table, clip_tokenizer):
+    regions = _regions(sd15, ALL_REGIONS)
+    with torch.no_grad():
+        official = facial_conditioning(sd15, regions, PROMPT, NEGATIVE, {"l": clip_tokenizer}, table)
+        half = facial_conditioning(sd15, regions, PROMPT, NEGATIVE, {"l": clip_tokenizer}, table,
+                                   region_weights={part: 0.5})
+    assert half.prompt == official.prompt
+    assert torch.equal(half.text_only.embeds, official.text_only.embeds)
+    # The token fused with the part's crop: for eyes and ears the other word's (the official swap).
+    slot = [REGION_KEYWORD[name] for name in ALL_REGIONS].index(part)
+    row = official.prompt.marked_positions[slot]
+    plain = {"facial": table.embed({"l": list(official.prompt.clean_ids)})[0],
+             "negative": table.embed({"l": standard_ids(NEGATIVE, clip_tokenizer)})[0]}
+    for name, words in plain.items():
+        got, fused = getattr(half, name).embeds[0], getattr(official, name).embeds[0]
+        assert not torch.equal(fused[row], words[row])
+        assert torch.equal(got[row], torch.lerp(words[row], fused[row], 0.5))
+        torch.testing.assert_close(got[row], (words[row] + fused[row]) / 2)
+        others = [r for r in range(77) if r != row]
+        assert torch.equal(got[others], fused[others]), name
+
+
+@pytest.mark.parametrize("weight", [-1.0, 2.0])
+def test_region_weights_outside_zero_to_one_extrapolate(weight, sd15, table, clip_tokenizer):
+    regions = _regions(sd15, ALL_REGIONS)
+    with torch.no_grad():
+        official = facial_conditioning(sd15, regions, PROMPT, NEGATIVE, {"l": clip_tokenizer}, table)
+        out = facial_conditioning(sd15, regions, PROMPT, NEGATIVE, {"l": clip_tokenizer}, table,
+                                  region_weights={"nose": weight})
+    row = official.prompt.marked_positions[ALL_REGIONS.index("Nose")]
+    words = table.embed({"l": list(official.prompt.clean_ids)})[0, row]
+    fused = official.facial.embeds[0, row]
+    torch.testing.assert_close(out.facial.embeds[0, row], words + weight * (fused - words))
+
+
+def test_unknown_region_weight_keys_are_rejected(sd15, table, clip_tokenizer):
+    with pytest.raises(ValueError, match=r"\['face', 'eyes', 'ears', 'nose', 'mouth'\].*\['Left_Eye'\]"):
+        facial_conditioning(sd15, _regions(sd15, ALL_REGIONS), PROMPT, NEGATIVE, {"l": clip_tokenizer},
+                            table, region_weights={"Left_Eye": 0, "nose": 0.5})
