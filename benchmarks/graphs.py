@@ -60,8 +60,12 @@ def workflow(files: Files, settings: Settings, image: str, seeds: dict[str, int]
                   "inputs": {"face_parser": ["parser", 0], "image": ["image", 0], "parse_size": "512"}},
         "regions": {"class_type": "ConsistentIDRegionEmbed",
                     "inputs": {"clip_vision": ["vision", 0], "image": ["image", 0], "face_regions": ["parse", 0]}},
+        "identity": {"class_type": "ConsistentIDFaceEncode", "inputs": {
+            "consistentid": ["cid", 0], "clip_vision": ["vision", 0], "insightface": ["insightface", 0],
+            "image": ["image", 0], "region_embeds": ["regions", 0], "face": "highest score", "face_index": 0,
+            "combine": "average", "on_no_face": "error"}},
         "encode": {"class_type": "ConsistentIDFacialEncoder", "inputs": {
-            "consistentid": ["cid", 0], "clip": ["ckpt", 1], "region_embeds": ["regions", 0], "prompt": text,
+            "consistentid": ["cid", 0], "clip": ["ckpt", 1], "identity": ["identity", 0], "prompt": text,
             "negative_prompt": OFFICIAL_NEGATIVE, "caption": ""}},
         **_sampler("plain", ["ckpt", 0], ["pos", 0], ["neg", 0], settings, seeds, steps),
     }
@@ -70,9 +74,8 @@ def workflow(files: Files, settings: Settings, image: str, seeds: dict[str, int]
         # The official merge step (30 of 50) scaled to a shorter warm-up schedule.
         merge_step = settings.merge_step if steps[key] == settings.steps else steps[key] * 3 // 5
         graph[apply] = {"class_type": "ConsistentIDApply", "inputs": {
-            "model": ["ckpt", 0], "consistentid": ["cid", 0], "clip_vision": ["vision", 0],
-            "insightface": ["insightface", 0], "image": ["image", 0], "weight": 1.0, "lora_strength": lora_strength,
-            "start_at": 0.0, "end_at": 1.0, "on_no_face": "error"}}
+            "model": ["ckpt", 0], "consistentid": ["cid", 0], "identity": ["identity", 0], "weight": 1.0,
+            "lora_strength": lora_strength, "start_at": 0.0, "end_at": 1.0}}
         graph[merge] = {"class_type": "ConsistentIDMergeStepScheduler", "inputs": {
             "model": [apply, 0], "text_only": ["encode", 0], "facial": ["encode", 1], "merge_step": merge_step,
             "steps": steps[key], "scheduler": settings.scheduler}}

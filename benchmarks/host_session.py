@@ -15,8 +15,9 @@ from pathlib import Path
 STAGES = {
     "nodes.face_nodes": {"parse_labels": "face_parsing", "face_regions": "region_masks",
                          "region_pixels": "region_pixels", "encode_penultimate": "clip_regions"},
-    "nodes.apply_nodes": {"face_id_batch": "insightface", "encode_penultimate": "clip_whole_image",
-                          "id_tokens": "projection", "apply_to_model": "patch_model"},
+    "nodes.identity_nodes": {"face_ids": "insightface", "encode_penultimate": "clip_whole_image",
+                             "encode_identity": "projection"},
+    "nodes.apply_nodes": {"apply_to_model": "patch_model"},
     "nodes.encoder_nodes": {"facial_conditioning": "facial_encoder"},
 }
 FACE_ANALYSIS = ("face_parsing", "insightface", "clip_regions", "clip_whole_image", "projection")

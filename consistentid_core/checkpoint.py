@@ -19,7 +19,7 @@ from .attention import PROJECTIONS
 from .errors import ModelMismatchError, WeightFileError
 from .facial_encoder import FacialEncoder
 from .projection import ProjPlus
-from .tensor_files import read_tensors
+from .tensor_files import read_tensors, tensors_sha256
 from .unet_layout import ARCH_NAMES, CROSS_ATTENTION_DIM, PROCESSORS, Processor
 
 SECTIONS = ("FacialEncoder", "image_proj", "adapter_modules")
@@ -134,6 +134,12 @@ class ConsistentIDModel:
 
     def projection(self, dtype: torch.dtype = torch.float32) -> ProjPlus:
         return self._get(build_projection, dtype)
+
+    def projection_sha256(self) -> str:
+        """The hash an identity records and is checked against: its face-ID tokens are this projection's."""
+        if "sha256" not in self._built:
+            self._built["sha256"] = tensors_sha256(self.weights.image_proj)
+        return self._built["sha256"]
 
     def _get(self, build, dtype):
         key = (build.__name__, dtype)

@@ -16,8 +16,11 @@ import torch
 from .errors import InputImageError, NoFaceError
 
 EMBED_DIM = 512
-ON_NO_FACE = ("error", "zero")
+ON_NO_FACE = ("error", "zero", "skip")
 DEFAULT_DET_SIZE = (640, 640)  # SD1.5 (SDXL used 512)
+
+
+FACE_CHOICES = ("highest score", "largest", "index")
 
 
 @dataclass
@@ -27,6 +30,7 @@ class FaceIDResult:
     bbox: np.ndarray | None  # x1, y1, x2, y2 in image pixels
     score: float | None
     index: int | None = None  # position of the kept face in the detector's list
+    boxes: np.ndarray | None = None  # [num_faces, 4] every detected face, the detector's order
 
 
 def _prepare(app, det_size: tuple[int, int] | None) -> None:
@@ -44,9 +48,25 @@ def _prepare(app, det_size: tuple[int, int] | None) -> None:
         app.prepare(ctx_id=0, det_thresh=getattr(app, "det_thresh", 0.5), det_size=tuple(det_size))
 
 
+def _chosen(faces: list, choose: str, index: int) -> int:
+    """Position in ``faces`` of the face to use: the highest detector score (the official ``faces[0]``), the
+    largest box, or the ``index``-th face counted from the left of the picture."""
+    if choose == "largest":
+        return max(range(len(faces)), key=lambda i: float(np.prod(faces[i].bbox[2:] - faces[i].bbox[:2])))
+    if choose == "index":
+        if index >= len(faces):
+            raise InputImageError(
+                f"face_index {index} asks for face {index + 1} from the left, but only {len(faces)} "
+                f"face(s) were found.",
+                f"Set face_index to 0..{len(faces) - 1} (0 is the leftmost face; the preview numbers them).")
+        return sorted(range(len(faces)), key=lambda i: float(faces[i].bbox[0]))[index]
+    return max(range(len(faces)), key=lambda i: float(faces[i].det_score))
+
+
 def face_embedding(app, rgb: np.ndarray, det_size: tuple[int, int] | None = DEFAULT_DET_SIZE,
-                   bgr_input: bool = False) -> FaceIDResult:
-    """Embed the highest-scoring face of one RGB ``uint8 [H, W, 3]`` image with a ``FaceAnalysis`` app.
+                   bgr_input: bool = False, choose: str = "highest score", index: int = 0) -> FaceIDResult:
+    """Embed one face of an RGB ``uint8 [H, W, 3]`` image with a ``FaceAnalysis`` app: by default the
+    highest-scoring one, as the official code; ``choose`` and ``index`` as in :func:`_chosen`.
 
     ``det_size=None`` keeps the detection size the app was prepared with (e.g. by a loader node).
     """
@@ -55,29 +75,33 @@ def face_embedding(app, rgb: np.ndarray, det_size: tuple[int, int] | None = DEFA
             f"The face-ID image must be RGB uint8 [H, W, 3], got {rgb.dtype} {list(rgb.shape)}.",
             "Convert it with consistentid_core.images.to_rgb_uint8 first.",
         )
+    if choose not in FACE_CHOICES:
+        raise ValueError(f"choose must be one of {FACE_CHOICES}, got {choose!r}")
     _prepare(app, det_size)
     faces = app.get(np.ascontiguousarray(rgb[..., ::-1]) if bgr_input else rgb)
     if not faces:
         return FaceIDResult(None, 0, None, None)
-    index = max(range(len(faces)), key=lambda i: float(faces[i].det_score))
-    best = faces[index]
+    kept = _chosen(faces, choose, index)
+    best = faces[kept]
     return FaceIDResult(np.asarray(best.normed_embedding, dtype=np.float32), len(faces),
-                        np.asarray(best.bbox, dtype=np.float32), float(best.det_score), index)
+                        np.asarray(best.bbox, dtype=np.float32), float(best.det_score), kept,
+                        np.stack([np.asarray(face.bbox, dtype=np.float32) for face in faces]))
 
 
-def face_id_batch(app, images: list[np.ndarray], on_no_face: str = "error",
-                  det_size: tuple[int, int] | None = DEFAULT_DET_SIZE, bgr_input: bool = False) -> torch.Tensor:
-    """Face-ID vectors ``[B, 512]`` float32, one per image.
+def face_ids(app, images: list[np.ndarray], on_no_face: str = "error",
+             det_size: tuple[int, int] | None = DEFAULT_DET_SIZE, bgr_input: bool = False,
+             choose: str = "highest score", index: int = 0) -> list[FaceIDResult]:
+    """The face of each image (:func:`face_embedding`), logging which one when there are several.
 
-    ``on_no_face``: ``"error"`` raises :class:`NoFaceError` naming the image; ``"zero"``
-    uses the zero vector, as the official code does.
+    ``on_no_face``: ``"error"`` raises :class:`NoFaceError` naming the image; ``"zero"`` (the official
+    behaviour: the zero vector, see :func:`id_vectors`) and ``"skip"`` (the caller leaves the image out) log it.
     """
     if on_no_face not in ON_NO_FACE:
         raise ValueError(f"on_no_face must be one of {ON_NO_FACE}, got {on_no_face!r}")
     total = len(images)
-    rows = []
+    results = []
     for number, image in enumerate(images, start=1):
-        result = face_embedding(app, image, det_size=det_size, bgr_input=bgr_input)
+        result = face_embedding(app, image, det_size, bgr_input, choose, index)
         where = f"image {number} of {total}"
         if result.embedding is None:
             if on_no_face == "error":
@@ -86,13 +110,19 @@ def face_id_batch(app, images: list[np.ndarray], on_no_face: str = "error",
                     "Use a clear, well-lit frontal photo of one face, or set on_no_face to 'zero' to use "
                     "the zero ID vector as the official code does.",
                 )
-            logging.warning("[ConsistentID] No face found in %s; using the zero ID vector.", where)
-            rows.append(np.zeros(EMBED_DIM, dtype=np.float32))
-            continue
-        if result.num_faces > 1:
+            logging.warning("[ConsistentID] No face found in %s; %s.", where,
+                            "using the zero ID vector" if on_no_face == "zero" else "its face-ID tokens are left out")
+        elif result.num_faces > 1:
             box = ", ".join(f"{v:.0f}" for v in result.bbox)
-            logging.warning("[ConsistentID] %s: %d faces found; using face %d, the highest detector "
-                            "score (%.3f), box x1,y1,x2,y2 = %s.",
-                            where, result.num_faces, result.index + 1, result.score, box)
-        rows.append(result.embedding)
+            why = {"highest score": f"the highest detector score ({result.score:.3f})", "largest": "the largest",
+                   "index": f"number {index} from the left"}[choose]
+            logging.warning("[ConsistentID] %s: %d faces found; using face %d, %s, box x1,y1,x2,y2 = %s.",
+                            where, result.num_faces, result.index + 1, why, box)
+        results.append(result)
+    return results
+
+
+def id_vectors(results: list[FaceIDResult]) -> torch.Tensor:
+    """Face-ID vectors ``[B, 512]`` float32, the zero vector where no face was found (as the official code)."""
+    rows = [r.embedding if r.embedding is not None else np.zeros(EMBED_DIM, dtype=np.float32) for r in results]
     return torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, EMBED_DIM)

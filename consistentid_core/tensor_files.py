@@ -1,4 +1,5 @@
 """Reading a weight file that must hold tensors only, whatever loader asks."""
+import hashlib
 import os
 from collections.abc import Mapping
 from pickle import UnpicklingError
@@ -36,3 +37,13 @@ def read_tensors(path: str, holder: str, fix: str) -> Mapping:
             f"'{name}' is not a readable checkpoint: it is truncated, damaged or not a PyTorch/safetensors file "
             f"(for example a Git LFS pointer or a web page saved by a failed download). Reader said: {detail}.",
             fix) from err
+
+
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A hash of a state dict's names, dtypes, shapes and values, whatever file layout they came from."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        value = tensors[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from comfy_api.latest import io
 
-from ..consistentid_core.errors import ConsistentIDError, WeightFileError, message, where
+from ..consistentid_core.errors import ConsistentIDError, WeightFileError, message
 from .paths import ModelInput
 
 CATEGORY = "ConsistentID"
@@ -41,11 +41,6 @@ def node_label(cls) -> str:
         return own
     parent_type = dynprompt.get_node(parent)["class_type"]
     return f"{_display_names.get(parent_type, parent_type)} › {own.removeprefix(_PREFIX)}"
-
-
-def tag(cls) -> str:
-    """The start of a log line about the node."""
-    return where(node_label(cls))
 
 
 def warn(cls, problem: str, fix: str) -> None:

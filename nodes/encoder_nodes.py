@@ -1,6 +1,4 @@
 """FacialEncoder: the text-only, facial and fused-negative conditionings of ConsistentID."""
-import logging
-
 import torch
 
 from comfy_api.latest import io
@@ -9,9 +7,9 @@ from ..consistentid_core.checkpoint import check_arch
 from ..consistentid_core.conditioning import Embedding, facial_conditioning
 from ..consistentid_core.prompt import DEFAULT_CAPTIONS
 from ..consistentid_core.tokenizer import BIGG_PAD_TOKEN, HFClipBPE
-from .common import PackNode, node_schema, tag
+from .common import PackNode, node_schema
 from .managed import compute_dtype, on_device
-from .types import ConsistentID, RegionEmbeds
+from .types import ConsistentID, Identity
 
 DEFAULT_NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality, blurry"
 
@@ -60,8 +58,8 @@ class ConsistentIDFacialEncoder(PackNode):
             inputs=[
                 ConsistentID.Input("consistentid", tooltip="From ConsistentID Loader."),
                 io.Clip.Input("clip", tooltip="The text encoder of your SD1.5 (or SDXL) checkpoint."),
-                RegionEmbeds.Input("region_embeds", tooltip="From ConsistentID Region Embed. With several "
-                                   "reference images the first one's regions are used."),
+                Identity.Input("identity", tooltip="From ConsistentID Face Encode, Load Identity or Blend Identities: "
+                                                   "its region features (averaged over its photos) are fused in."),
                 io.String.Input("prompt", multiline=True, dynamic_prompts=True,
                                 default="A man, in a forest, adventuring",
                                 tooltip="What to generate. The facial caption is appended as 'Detail:…'; "
@@ -84,16 +82,13 @@ class ConsistentIDFacialEncoder(PackNode):
         )
 
     @classmethod
-    def execute(cls, consistentid, clip, region_embeds, prompt, negative_prompt, caption=None) -> io.NodeOutput:
+    def execute(cls, consistentid, clip, identity, prompt, negative_prompt, caption=None) -> io.NodeOutput:
         with cls.running():
             arch = clip_arch(clip)
             check_arch(consistentid.weights, arch, "the CLIP model")
-            if len(region_embeds) > 1:
-                logging.info("%s %d reference images; the regions of the first are used.", tag(cls),
-                             len(region_embeds))
             encoder = on_device(consistentid.facial_encoder(compute_dtype()))
             with torch.no_grad():
-                result = facial_conditioning(encoder, region_embeds[0], prompt, negative_prompt, _bpe(clip),
+                result = facial_conditioning(encoder, identity.regions, prompt, negative_prompt, _bpe(clip),
                                              _encoder(clip), arch, caption or None)
             return io.NodeOutput(_conditioning(result.text_only), _conditioning(result.facial),
                                  _conditioning(result.negative))

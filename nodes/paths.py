@@ -11,6 +11,7 @@ from ..consistentid_core.checkpoint import DOWNLOAD, RELEASE_FILES
 from ..consistentid_core.errors import WeightFileError
 
 WEIGHT_EXTENSIONS = {".bin", ".safetensors", ".pth", ".pt"}
+IDENTITY_FOLDER = "consistentid_identities"
 
 # folder name -> extensions listed in the UI for it
 MODEL_FOLDERS = {
@@ -18,6 +19,7 @@ MODEL_FOLDERS = {
     "face_parsing": WEIGHT_EXTENSIONS,
     "insightface": {".onnx"},
     "dino": WEIGHT_EXTENSIONS,
+    IDENTITY_FOLDER: {".safetensors"},
 }
 
 

@@ -1,6 +1,6 @@
 """One node for beginners: the whole ConsistentID graph behind a single box.
 
-It expands into the granular nodes (loaders, FaceParse, RegionEmbed, FacialEncoder, Apply,
+It expands into the granular nodes (loaders, FaceParse, RegionEmbed, FaceEncode, FacialEncoder, Apply,
 MergeStepScheduler) instead of calling them, so the host caches each part on its own: changing
 the prompt or the seed re-runs neither face parsing nor InsightFace nor CLIP vision.
 """
@@ -82,11 +82,13 @@ class ConsistentIDSimple(PackNode):
                              parse_size=PARSE_SIZE[base_model])
         embeds = graph.node("ConsistentIDRegionEmbed", clip_vision=clip_vision, image=image,
                             face_regions=regions.out(0))
+        identity = graph.node("ConsistentIDFaceEncode", consistentid=adapter.out(0), clip_vision=clip_vision,
+                              insightface=insightface.out(0), image=image, region_embeds=embeds.out(0),
+                              face="highest score", face_index=0, combine="average", on_no_face="error")
         encoded = graph.node("ConsistentIDFacialEncoder", consistentid=adapter.out(0), clip=clip,
-                             region_embeds=embeds.out(0), prompt=prompt, negative_prompt=negative_prompt, caption="")
-        patched = graph.node("ConsistentIDApply", model=model, consistentid=adapter.out(0), clip_vision=clip_vision,
-                             insightface=insightface.out(0), image=image, weight=weight, lora_strength=1.0,
-                             start_at=0.0, end_at=1.0, on_no_face="error")
+                             identity=identity.out(0), prompt=prompt, negative_prompt=negative_prompt, caption="")
+        patched = graph.node("ConsistentIDApply", model=model, consistentid=adapter.out(0), identity=identity.out(0),
+                             weight=weight, lora_strength=1.0, start_at=0.0, end_at=1.0)
         merged = graph.node("ConsistentIDMergeStepScheduler", model=patched.out(0), text_only=encoded.out(0),
                             facial=encoded.out(1), merge_step=merge_step, steps=steps, scheduler=scheduler)
         return io.NodeOutput(merged.out(0), merged.out(1), encoded.out(2), expand=graph.finalize())

@@ -9,11 +9,15 @@ import torch
 from PIL import Image
 
 from consistentid_core.errors import InputImageError, NoFaceError
-from consistentid_core.face_id import face_embedding, face_id_batch
+from consistentid_core.face_id import face_embedding, face_ids, id_vectors
 from weightgen.insightface_pack import DETECTOR_OUTPUTS, write_packs
 
 PORTRAITS = ("astronaut.png", "grace_hopper.jpg")
 NO_FACE = ("chelsea.png", "coffee.png")
+
+
+def face_id_batch(app, images, **kwargs) -> torch.Tensor:
+    return id_vectors(face_ids(app, images, **kwargs))
 
 
 def _face_analysis(models_dir, name):
@@ -175,8 +179,42 @@ def test_several_faces_use_the_highest_score_and_say_which(caplog):
            "box x1,y1,x2,y2 = 12, 22, 112, 142" in caplog.text
 
 
+def _crowd():
+    """Three faces, detector order by score; boxes left to right: face 2, face 0, face 1; face 1 the largest."""
+    def face(score, x, size, value):
+        return SimpleNamespace(det_score=np.float32(score), bbox=np.array([x, 10, x + size, 10 + size], np.float32),
+                               normed_embedding=np.full(512, value, np.float32))
+    return SimpleNamespace(det_size=(640, 640), get=lambda img: [face(0.9, 50, 20, 1), face(0.8, 90, 40, 2),
+                                                                 face(0.7, 5, 30, 3)])
+
+
+@pytest.mark.parametrize("choose, index, kept", [("highest score", 0, 0), ("largest", 0, 1), ("index", 0, 2),
+                                                 ("index", 1, 0), ("index", 2, 1)])
+def test_the_face_to_use_is_chosen_by_score_size_or_position(choose, index, kept):
+    result = face_embedding(_crowd(), np.zeros((64, 64, 3), np.uint8), choose=choose, index=index)
+    assert result.index == kept and result.embedding[0] == kept + 1
+    assert result.boxes.shape == (3, 4) and np.array_equal(result.bbox, result.boxes[kept])
+
+
+def test_a_face_index_past_the_faces_found_is_refused():
+    with pytest.raises(InputImageError) as caught:
+        face_embedding(_crowd(), np.zeros((64, 64, 3), np.uint8), choose="index", index=3)
+    assert "face_index 3 asks for face 4 from the left, but only 3 face(s) were found" in str(caught.value)
+    assert "Set face_index to 0..2" in str(caught.value)
+
+
+def test_skip_leaves_no_face_images_without_a_vector(app, noface_app, photos, caplog):
+    routed = _NoFaceFor(app, noface_app, photos["coffee.png"].shape)
+    with caplog.at_level(logging.WARNING):
+        results = face_ids(routed, [photos["coffee.png"], photos["grace_hopper.jpg"]], on_no_face="skip")
+    assert results[0].embedding is None and results[1].embedding is not None
+    assert "No face found in image 1 of 2; its face-ID tokens are left out" in caplog.text
+
+
 def test_bad_arguments_are_refused(app, photos):
     with pytest.raises(ValueError, match="on_no_face must be one of"):
-        face_id_batch(app, [photos["astronaut.png"]], on_no_face="skip")
+        face_ids(app, [photos["astronaut.png"]], on_no_face="ignore")
+    with pytest.raises(ValueError, match="choose must be one of"):
+        face_embedding(app, photos["astronaut.png"], choose="smallest")
     with pytest.raises(InputImageError, match=r"RGB uint8 \[H, W, 3\], got uint8 \[64, 64\]"):
         face_embedding(app, np.zeros((64, 64), np.uint8))

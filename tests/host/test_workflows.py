@@ -28,7 +28,7 @@ INPAINT_TARGET = "inpaint_target.png"
 BASIC, INPAINT, CONTROLNET, ALL_IN_ONE = (name for name in workflows.DEFINITIONS if "_sd15_" in name)
 # Nodes that analyse the reference face: none may run again when only the seed or the prompt changes.
 FACE_ANALYSIS = ["CLIPVisionLoader", "ConsistentIDFaceParserLoader", "ConsistentIDInsightFaceLoader",
-                 "ConsistentIDFaceParse", "ConsistentIDRegionEmbed", "ConsistentIDApply"]
+                 "ConsistentIDFaceParse", "ConsistentIDRegionEmbed", "ConsistentIDFaceEncode", "ConsistentIDApply"]
 
 
 def _report_dir() -> Path | None:
@@ -226,24 +226,25 @@ def test_all_in_one_runs_and_keeps_its_face_analysis(server):
 
     second = server.queue(set_inputs(prompt, "ConsistentIDSimple", prompt="A woman, on a beach"))
 
-    # The node expands into 8 granular nodes (ids "<its id>.…"); with a new prompt it expands again and only
+    # The node expands into 9 granular nodes (ids "<its id>.…"); with a new prompt it expands again and only
     # FacialEncoder and MergeStepScheduler, the two that read the prompt, run again.
     expanded = [[node for node in executed_nodes(run["events"]) if node.startswith(f"{simple}.")]
                 for run in (first, second)]
-    assert len(expanded[0]) == 8 and len(expanded[1]) == 2 and set(expanded[1]) < set(expanded[0])
+    assert len(expanded[0]) == 9 and len(expanded[1]) == 2 and set(expanded[1]) < set(expanded[0])
     assert simple in executed_nodes(second["events"])
 
 
-# Last: its other InsightFace pack would make the examples above re-run ConsistentIDApply.
+# Last: its other InsightFace pack would make the examples above re-run ConsistentIDFaceEncode.
 def test_no_face_names_the_node_and_the_image(server):
     prompt = set_inputs(tiny(server, BASIC), "ConsistentIDInsightFaceLoader", pack="buffalo_l_noface")
     with pytest.raises(HostError) as err:
         server.queue(prompt)
-    assert (err.value.node_id, err.value.node_type) == (node_ids(prompt, "ConsistentIDApply")[0], "ConsistentIDApply")
-    assert "[ConsistentID · ConsistentID Apply]" in err.value.message
+    assert (err.value.node_id, err.value.node_type) == (node_ids(prompt, "ConsistentIDFaceEncode")[0],
+                                                        "ConsistentIDFaceEncode")
+    assert "[ConsistentID · ConsistentID Face Encode]" in err.value.message
     assert "found no face in image 1 of 1" in err.value.message and "on_no_face" in err.value.message
 
-    set_inputs(prompt, "ConsistentIDApply", on_no_face="zero")
+    set_inputs(prompt, "ConsistentIDFaceEncode", on_no_face="zero")
     [path] = saved_images(server, prompt, server.queue(prompt))
     check_image(path, (WIDTH, HEIGHT))
     assert "No face found in image 1 of 1; using the zero ID vector" in server.log_text()

@@ -134,15 +134,17 @@ def _identity(g: Graph, base: Base = SD15) -> dict[str, Link]:
     parsed = g.add("ConsistentIDFaceParse", 1, face_parser=parser[0], image=photo[0], parse_size=base.parse_size)
     embeds = g.add("ConsistentIDRegionEmbed", 1, clip_vision=vision[0], image=photo[0], face_regions=parsed[0])
     preview = g.add("PreviewImage", 1, title="Face parts", images=parsed[1])
+    identity = g.add("ConsistentIDFaceEncode", 1, consistentid=adapter[0], clip_vision=vision[0],
+                     insightface=insightface[0], image=photo[0], region_embeds=embeds[0], face="highest score",
+                     face_index=0, combine="average", on_no_face="error")
     encoder = g.add("ConsistentIDFacialEncoder", 2, box_width=400, consistentid=adapter[0], clip=ckpt[1],
-                    region_embeds=embeds[0], prompt=PROMPT, negative_prompt=NEGATIVE, caption="")
-    apply = g.add("ConsistentIDApply", 2, model=ckpt[0], consistentid=adapter[0], clip_vision=vision[0],
-                  insightface=insightface[0], image=photo[0], weight=1.0, lora_strength=1.0, start_at=0.0,
-                  end_at=1.0, on_no_face="error")
+                    identity=identity[0], prompt=PROMPT, negative_prompt=NEGATIVE, caption="")
+    apply = g.add("ConsistentIDApply", 2, model=ckpt[0], consistentid=adapter[0], identity=identity[0], weight=1.0,
+                  lora_strength=1.0, start_at=0.0, end_at=1.0)
     merge = g.add("ConsistentIDMergeStepScheduler", 2, model=apply[0], text_only=encoder[0], facial=encoder[1],
                   merge_step=o["merge_step"], steps=o["steps"], scheduler=o["scheduler"])
     g.group("Models", "#3f789e", ckpt, adapter, vision, parser, insightface)
-    g.group("Reference face", "#8a6e3f", photo, parsed, preview, embeds)
+    g.group("Reference face", "#8a6e3f", photo, parsed, preview, embeds, identity)
     g.group("ConsistentID", "#5a3f8a", encoder, apply, merge)
     return {"model": merge[0], "positive": merge[1], "negative": encoder[2], "vae": ckpt[2], "photo": photo[0]}
 

@@ -17,11 +17,20 @@ CHECKED_AT_EXECUTE = {
                             merge_step=30, steps=50, scheduler="normal"),
                        "[ConsistentID · ConsistentID (all in one)] base_model is 'SD3', which is not one of its "
                        "values: 'SD1.5', 'SDXL'. Fix: Set base_model to one of these values."),
-    "on_no_face ignore": ("nodes.apply_nodes", "ConsistentIDApply",
-                          dict(model=None, consistentid=None, clip_vision=None, insightface=None, image=None,
-                               weight=1.0, lora_strength=1.0, start_at=0.0, end_at=1.0, on_no_face="ignore"),
-                          "[ConsistentID · ConsistentID Apply] on_no_face is 'ignore', which is not one of its "
+    "on_no_face ignore": ("nodes.identity_nodes", "ConsistentIDFaceEncode",
+                          dict(consistentid=None, clip_vision=None, insightface=None, image=None, region_embeds=None,
+                               face="highest score", face_index=0, combine="average", on_no_face="ignore"),
+                          "[ConsistentID · ConsistentID Face Encode] on_no_face is 'ignore', which is not one of its "
                           "values: 'error', 'zero', 'skip'. Fix: Set on_no_face to one of these values."),
+    "combine median": ("nodes.identity_nodes", "ConsistentIDFaceEncode",
+                       dict(consistentid=None, clip_vision=None, insightface=None, image=None, region_embeds=None,
+                            face="highest score", face_index=0, combine="median", on_no_face="error"),
+                       "[ConsistentID · ConsistentID Face Encode] combine is 'median', which is not one of its "
+                       "values: 'average', 'concatenate'. Fix: Set combine to one of these values."),
+    "blend weight 1.5": ("nodes.identity_nodes", "ConsistentIDBlendIdentities",
+                         dict(identity_a=None, identity_b=None, weight=1.5),
+                         "[ConsistentID · ConsistentID Blend Identities] weight is 1.5; it must be a number from "
+                         "0.0 to 1.0."),
     "scheduler bogus": ("nodes.merge_step", "MergeStepScheduler",
                         dict(model=None, text_only=[], facial=[], merge_step=12, steps=20, scheduler="bogus"),
                         "[ConsistentID · ConsistentID Merge Step Scheduler] scheduler is 'bogus', which is not one "

@@ -1,0 +1,157 @@
+"""A person's identity as one value: what ConsistentID takes from the reference photos, computed once.
+
+It holds the face-ID tokens (from ArcFace and the whole photo's CLIP-H states), the per-region CLIP-H features
+with the regions found, the ArcFace embeddings and faces used, and what produced it (``source``: base model,
+models and their hashes, photos' hashes, settings). Several photos combine into one identity, and identities
+blend; both are plain tensor arithmetic, so one photo, or a blend at weight 1 or 0, is the input exactly.
+"""
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import ConsistentIDError, ModelMismatchError
+from .face_id import FaceIDResult, id_vectors
+from .projection import ProjPlus, id_tokens
+from .regions import REGION_KEYWORD, RegionFeatures
+
+PARTS = ("face", "eyes", "ears", "nose", "mouth")  # slot order
+COMBINE = ("average", "concatenate")
+FACE_COLUMNS = 6  # x1, y1, x2, y2, detector score, index in the detector's list; NaN where no face was found
+
+
+@dataclass(frozen=True)
+class Identity:
+    cond_tokens: torch.Tensor | None  # [n, 4, c]: one row averaged, one per photo concatenated; None: no face
+    uncond_tokens: torch.Tensor  # [1, 4, c]
+    regions: RegionFeatures  # one region per part, in slot order
+    arcface: torch.Tensor  # [P, 512] the ArcFace embedding of each photo used (zero: no face, on_no_face 'zero')
+    faces: torch.Tensor  # [P, FACE_COLUMNS] the face used in each photo
+    source: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def arch(self) -> str:
+        return self.source["base_model"]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def image_sha256(rgb: np.ndarray) -> str:
+    return sha256(f"{rgb.shape}".encode() + np.ascontiguousarray(rgb).tobytes())
+
+
+def _part(name: str) -> str:
+    return REGION_KEYWORD[name]
+
+
+def combine_regions(per_photo: Sequence[RegionFeatures]) -> RegionFeatures:
+    """One region set: each part's features averaged over the photos where it was found, so a region missing
+    from one photo does not erase it; a part keeps the name (left/right, upper/lower) of its first photo."""
+    found: dict[str, list[torch.Tensor]] = {}
+    names: dict[str, str] = {}
+    for regions in per_photo:
+        for name, features in zip(regions.names, regions.features):
+            names.setdefault(_part(name), name)
+            found.setdefault(_part(name), []).append(features)
+    parts = [part for part in PARTS if part in found]
+    zero = per_photo[0].zero_features
+    features = [torch.stack(found[part]).mean(0) for part in parts]
+    return RegionFeatures([names[part] for part in parts],
+                          torch.stack(features) if features else zero.new_zeros(0, *zero.shape), zero)
+
+
+def combine_tokens(cond_tokens: torch.Tensor, combine: str) -> torch.Tensor:
+    """``[P, 4, c]`` tokens of P photos as the identity's: their mean, or all P (attended to together)."""
+    if combine not in COMBINE:
+        raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
+    return cond_tokens.mean(0, keepdim=True) if combine == "average" else cond_tokens
+
+
+def encode_identity(projection: ProjPlus, faces: Sequence[FaceIDResult], clip_hidden: torch.Tensor,
+                    zero_clip_hidden: torch.Tensor, regions: Sequence[RegionFeatures], combine: str, shortcut: bool,
+                    source: Mapping[str, str]) -> Identity:
+    """The identity of the photos whose ``faces`` (a result without embedding gives the zero vector) and
+    penultimate CLIP-H states ``clip_hidden`` ``[P, 257, 1280]`` are given, with the region features of every
+    photo. Tokens as the official pipelines make them (docs/method.md §4.3): ProjPlus of the ArcFace embedding and
+    the CLIP states, uncond from the zero embedding and CLIP of the zero image; no face at all gives no tokens.
+    """
+    arcface = id_vectors(list(faces))
+    with torch.no_grad():
+        cond, uncond = id_tokens(projection, arcface if len(faces) else arcface.new_zeros(1, arcface.shape[1]),
+                                 clip_hidden if len(faces) else zero_clip_hidden[None], zero_clip_hidden[None],
+                                 shortcut=shortcut)
+    rows = [[*(face.bbox if face.bbox is not None else [np.nan] * 4),
+             np.nan if face.score is None else face.score, np.nan if face.index is None else face.index]
+            for face in faces]
+    return Identity(combine_tokens(cond, combine) if len(faces) else None, uncond, combine_regions(regions), arcface,
+                    torch.tensor(rows, dtype=torch.float32).reshape(-1, FACE_COLUMNS), dict(source))
+
+
+def check_adapter(identity: Identity, arch: str, adapter_hash: str, adapter_name: str) -> None:
+    """Refuse an identity made with another adapter: its tokens are that adapter's projection of the face."""
+    arch_names = {"sd15": "SD1.5", "sdxl": "SDXL"}
+    if identity.arch != arch:
+        raise ModelMismatchError(
+            f"The identity was encoded for {arch_names.get(identity.arch, identity.arch)} (with "
+            f"'{identity.source.get('adapter', '?')}'), but the ConsistentID model is {arch_names[arch]} "
+            f"('{adapter_name}').",
+            "Encode the photos again with this ConsistentID model, or load the adapter the identity was made with.")
+    if identity.source.get("adapter_sha256") != adapter_hash:
+        raise ModelMismatchError(
+            f"The identity was encoded with another {arch_names[arch]} ConsistentID adapter "
+            f"('{identity.source.get('adapter', '?')}', projection hash "
+            f"{identity.source.get('adapter_sha256', '?')[:12]}…) than '{adapter_name}' ({adapter_hash[:12]}…); "
+            "its face-ID tokens belong to that adapter.",
+            "Load the adapter the identity was made with, or encode the photos again with this one.")
+
+
+def blend(a: Identity, b: Identity, weight: float) -> Identity:
+    """``weight``·A + (1 − ``weight``)·B of the face-ID tokens and of each region part's features.
+
+    ``torch.lerp`` returns A exactly at weight 1 and B at 0. A part found in only one identity keeps that
+    identity's features while its weight is above 0. The photos and faces are those of the identities that
+    take part (weight above 0).
+    """
+    if a.source.get("adapter_sha256") != b.source.get("adapter_sha256") or a.arch != b.arch:
+        raise ModelMismatchError(
+            f"The two identities were encoded with different ConsistentID adapters ('{a.source.get('adapter')}' "
+            f"and '{b.source.get('adapter')}'), so their face-ID tokens cannot be mixed.",
+            "Encode both with the same ConsistentID model.")
+    if a.cond_tokens is None or b.cond_tokens is None:
+        raise ConsistentIDError("One of the identities has no face-ID tokens (no face was found in its photos).",
+                                "Encode it from a photo with a detectable face, or set on_no_face to 'zero'.")
+    if a.cond_tokens.shape != b.cond_tokens.shape:
+        raise ConsistentIDError(
+            f"The identities have {a.cond_tokens.shape[0]} and {b.cond_tokens.shape[0]} rows of face-ID tokens "
+            "(photos concatenated), which cannot be mixed row by row.",
+            "Encode both with combine set to 'average' (one row each).")
+    weight_of = lambda identity: weight if identity is a else 1.0 - weight  # noqa: E731
+    mixed = lambda x, y: torch.lerp(y, x.to(y), weight)  # noqa: E731
+    sides = {part: {} for part in PARTS}
+    for identity in (a, b):
+        for name, features in zip(identity.regions.names, identity.regions.features):
+            sides[_part(name)][identity is a] = (name, features)
+    names, features = [], []
+    for part, side in sides.items():
+        if len(side) == 2:
+            names.append(side[True][0])
+            features.append(mixed(side[True][1], side[False][1]))
+        elif side:
+            [(is_a, (name, value))] = side.items()
+            if weight_of(a if is_a else b) > 0:
+                names.append(name)
+                features.append(value)
+    zero = mixed(a.regions.zero_features, b.regions.zero_features)
+    taking_part = [identity for identity in (a, b) if weight_of(identity) > 0]
+    source = {key: a.source[key] for key in ("format", "format_version", "base_model", "adapter", "adapter_sha256")
+              if key in a.source}
+    source.update(blend=f"{weight:g}·A + {1 - weight:g}·B",
+                  images_sha256=",".join(i.source.get("images_sha256", "") for i in taking_part))
+    return Identity(mixed(a.cond_tokens, b.cond_tokens), mixed(a.uncond_tokens, b.uncond_tokens),
+                    RegionFeatures(names, torch.stack(features) if features else zero.new_zeros(0, *zero.shape),
+                                   zero),
+                    torch.cat([i.arcface for i in taking_part]), torch.cat([i.faces for i in taking_part]), source)
