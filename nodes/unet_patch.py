@@ -7,6 +7,13 @@ Every cross-attention, the middle block's included (the official code gives ever
 gets one replacement adding ``weight · SDPA(q, k_ip, v_ip)`` before ``to_out``; the ID tokens' keys and
 values are projected once, in head layout, not per step.
 
+A MASK limits that branch to a region, as IPAdapter_plus's ``attn_mask`` does: each layer's tokens lie on
+the latent's grid downsampled by a power of two, and each token's branch is scaled by the mask's mean over
+its cell (1 inside a hard mask, 0 outside), so hard and soft masks act alike at every resolution. The mask
+is resized once per grid and batch layout, not per step. Two Applies with two masks put two identities in
+one picture: the second chains the first like any other pack's replacement, and the adapter's LoRA, the
+same for both, is merged once.
+
 Other packs replace the same attention layers (docs/method.md §7.3): the host calls the replacement at
 ``(block, number, transformer_index)`` if there is one, else the one at ``(block, number)``, and packs such as
 IPAdapter_plus, InstantID and PuLID stack onto a replacement they find at their key by calling its
@@ -16,6 +23,7 @@ sits at the 3-tuple key and, where the block holds a single transformer (all of 
 """
 import collections
 import copy
+import logging
 import math
 
 import torch
@@ -24,22 +32,24 @@ from comfy.weight_adapter import LoRAAdapter
 
 from ..consistentid_core.attention import ip_weights, lora_deltas
 from ..consistentid_core.checkpoint import RELEASE_FILES, ConsistentIDWeights
-from ..consistentid_core.errors import ConsistentIDError, ModelMismatchError
+from ..consistentid_core.errors import ConsistentIDError, ModelMismatchError, message
 from ..consistentid_core.unet_layout import ARCH_NAMES, CROSS_ATTENTION_DIM, PROCESSORS
 from .sampling_step import OPTION_KEY, install_step_tracking
 
 _ARCH_OF_CONTEXT_DIM = {dim: arch for arch, dim in CROSS_ATTENTION_DIM.items()}
+LORA_KEY = "consistentid_lora"  # in model_options: {adapter file: LoRA strength} of the LoRAs merged so far
 
 
 class FaceIDAttention:
     """attn2 replacement of one cross-attention block: text attention plus the face-ID branch.
 
     ``kv`` holds ``(k_ip, v_ip)``, each ``[2, heads, T, d]``: row 0 projects the positive ID tokens, row 1
-    the negative ones; ``cond_or_uncond`` picks the row of each batch chunk.
+    the negative ones; ``cond_or_uncond`` picks the row of each batch chunk. ``mask`` ``[1 or B, H, W]``, if
+    given, scales the branch per token, the same mask for every chunk.
     """
 
     def __init__(self, kv: tuple[torch.Tensor, torch.Tensor], weight: float,
-                 sigma_range: tuple[float, float] | None, previous=None):
+                 sigma_range: tuple[float, float] | None, previous=None, mask: torch.Tensor | None = None):
         self.kv = kv
         self.weight = weight
         self.sigma_range = sigma_range
@@ -47,7 +57,9 @@ class FaceIDAttention:
         # attention, with that pack's own branch.
         self.previous = previous
         self.added: list[tuple] = []
+        self.mask = mask
         self._layouts: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._masks: dict[tuple, torch.Tensor] = {}
 
     def add(self, callback, **kwargs) -> None:
         """Another pack's attention branch, stacked the way IPAdapter_plus's ``Attn2Replace.add`` stacks them:
@@ -76,11 +88,16 @@ class FaceIDAttention:
         if self.sigma_range is not None and not self._in_range(extra_options):
             return out
         b, n, inner = q.shape
-        k_ip, v_ip = self._batched(q, heads, extra_options.get("cond_or_uncond", [0]))
+        chunks = extra_options.get("cond_or_uncond", [0])
+        k_ip, v_ip = self._batched(q, heads, chunks)
         ip = torch.nn.functional.scaled_dot_product_attention(q.view(b, n, heads, inner // heads).transpose(1, 2),
-                                                              k_ip, v_ip)
+                                                              k_ip, v_ip).transpose(1, 2)
         # In out's own [B, N, heads, d] layout, so the sum needs no copy back.
-        return torch.add(out.view(b, n, heads, -1), ip.transpose(1, 2), alpha=self.weight).view(b, n, inner)
+        out = out.view(b, n, heads, -1)
+        if self.mask is None:
+            return torch.add(out, ip, alpha=self.weight).view(b, n, inner)
+        mask = self._token_mask(q, len(chunks), extra_options["original_shape"])
+        return torch.addcmul(out, ip, mask, value=self.weight).view(b, n, inner)
 
     def _in_range(self, extra_options: dict) -> bool:
         return self.sigma_range[1] <= _sigma(extra_options) <= self.sigma_range[0]
@@ -106,6 +123,22 @@ class FaceIDAttention:
             self._layouts[key] = tuple(t[index].to(q) for t in self.kv)
         return self._layouts[key]
 
+    def _token_mask(self, q: torch.Tensor, chunks: int, latent_shape: list[int]) -> torch.Tensor:
+        """The mask per token ``[B, N, 1, 1]`` in q's dtype and device, built once per grid and batch layout;
+        a single mask serves every latent of the batch, else mask i goes to latent i of each chunk."""
+        rows = q.shape[0] // chunks
+        key = (q.shape[1], *latent_shape[-2:], chunks, rows, q.dtype, q.device)
+        if key not in self._masks:
+            # "area": the mean over each token's cell, so a hard mask stays 0/1 where a cell lies on one side.
+            masks = torch.nn.functional.interpolate(self.mask[:, None], _token_grid(latent_shape, q.shape[1]),
+                                                    mode="area").flatten(1)
+            if masks.shape[0] not in (1, rows):
+                raise ConsistentIDError(
+                    f"The face-ID mask holds {masks.shape[0]} masks for a batch of {rows} latents.",
+                    "Give one mask for all latents, or one mask per latent of the batch.")
+            self._masks[key] = masks.expand(rows, -1).repeat(chunks, 1)[..., None, None].to(q)
+        return self._masks[key]
+
 
 def _sigma(extra_options: dict) -> float:
     """The sigma of the current model evaluation: the step wrapper's host-side number, so no attention call
@@ -115,6 +148,30 @@ def _sigma(extra_options: dict) -> float:
     if step is not None:
         return step.sigma
     return float(extra_options["sigmas"].max()) if "sigmas" in extra_options else math.inf
+
+
+def _token_grid(latent_shape: list[int], tokens: int) -> tuple[int, int]:
+    """The ``(rows, columns)`` an attention layer's tokens lie on: the latent halved ``level`` times, each
+    halving rounding up as the UNet's strided convolutions do."""
+    height, width = latent_shape[-2:]
+    for level in range(max(height, width).bit_length() + 1):
+        grid = (-(-height >> level), -(-width >> level))
+        if grid[0] * grid[1] == tokens:
+            return grid
+    raise ConsistentIDError(
+        f"The face-ID mask cannot be laid on an attention layer of {tokens} tokens over a {height}×{width} "
+        f"latent: this UNet does not keep the latent's grid.",
+        "Use the mask with an SD1.5 or SDXL UNet, or disconnect the mask.")
+
+
+def _mask_batch(mask: torch.Tensor) -> torch.Tensor:
+    """A ComfyUI MASK ``[H, W]`` or ``[B, H, W]`` as ``[B, H, W]`` float on the CPU."""
+    if mask.ndim not in (2, 3) or 0 in mask.shape:
+        raise ConsistentIDError(
+            f"The mask has the shape {list(mask.shape)}, not [height, width] or [batch, height, width].",
+            "Connect a MASK output (e.g. Load Image's mask, Solid Mask or a mask editor's), not an IMAGE or "
+            "a latent.")
+    return mask.detach().float().cpu().reshape(-1, *mask.shape[-2:])
 
 
 def model_arch(model) -> str | None:
@@ -142,27 +199,48 @@ def _id_kv(tokens: torch.Tensor, uncond: torch.Tensor, w_k: torch.Tensor, w_v: t
     return tuple((both @ w.float().T).unflatten(-1, (heads, -1)).transpose(1, 2).contiguous() for w in (w_k, w_v))
 
 
+def _merge_lora(patched, weights: ConsistentIDWeights, lora_strength: float) -> None:
+    """Adds the adapter's LoRA to ``patched`` unless an earlier Apply on this model chain merged it already:
+    merged twice, it would count twice. If the strengths differ, the first one stays, with a warning."""
+    merged = patched.model_options.get(LORA_KEY, {})
+    if weights.path in merged:
+        if merged[weights.path] != lora_strength:
+            logging.warning(message(
+                f"The MODEL already carries the LoRA of '{weights.name}' at strength {merged[weights.path]} from "
+                f"an earlier ConsistentID Apply, so lora_strength {lora_strength} is ignored.",
+                "Give both Applies the same lora_strength; the first Apply's is used."))
+        return
+    deltas = {key: LoRAAdapter(set(), (up, down, None, None, None, None))
+              for key, (up, down) in lora_deltas(weights.adapter, weights.arch).items()}
+    missing = sorted(set(deltas) - set(patched.add_patches(deltas, strength_patch=lora_strength)))
+    if missing:
+        raise ModelMismatchError(
+            f"The MODEL lacks {len(missing)} attention weights the {weights.arch_name} adapter patches, "
+            f"e.g. {missing[0]}.", f"Use a standard {weights.arch_name} checkpoint (UNet layout of the original).")
+    patched.model_options[LORA_KEY] = {**merged, weights.path: lora_strength}
+
+
 def apply_to_model(model, weights: ConsistentIDWeights, cond_tokens: torch.Tensor, uncond_tokens: torch.Tensor,
-                   weight: float = 1.0, start_at: float = 0.0, end_at: float = 1.0, lora_strength: float = 1.0):
+                   weight: float = 1.0, start_at: float = 0.0, end_at: float = 1.0, lora_strength: float = 1.0,
+                   mask: torch.Tensor | None = None):
     """A clone of ``model`` (a ModelPatcher) with the adapter's LoRA merged and the face-ID attention on.
 
     ``cond_tokens`` ``[n, 4, c]``: the ID tokens of n reference images, attended to together (one softmax);
     ``uncond_tokens`` ``[1, 4, c]``. The ID branch is active while the sigma lies in the
-    ``[start_at, end_at]`` part of the schedule (percent, as ConditioningSetTimestepRange).
+    ``[start_at, end_at]`` part of the schedule (percent, as ConditioningSetTimestepRange), and only inside
+    ``mask`` (a MASK ``[H, W]`` or ``[B, H, W]`` of any resolution, stretched over the latent) if one is given.
+    Applied again to its own result, e.g. with another identity and mask, it adds a second branch and keeps
+    the LoRA merged once (see ``_merge_lora``).
     """
     check_model_arch(model, weights)
     if start_at > end_at:
         raise ConsistentIDError(f"start_at {start_at} is after end_at {end_at}, so the face-ID tokens would "
                                 f"never be used.", "Set start_at below end_at (the official range is 0 to 1).")
+    if mask is not None:
+        mask = _mask_batch(mask)
     patched = model.clone()
     if lora_strength != 0.0:
-        deltas = {key: LoRAAdapter(set(), (up, down, None, None, None, None))
-                  for key, (up, down) in lora_deltas(weights.adapter, weights.arch).items()}
-        missing = sorted(set(deltas) - set(patched.add_patches(deltas, strength_patch=lora_strength)))
-        if missing:
-            raise ModelMismatchError(
-                f"The MODEL lacks {len(missing)} attention weights the {weights.arch_name} adapter patches, "
-                f"e.g. {missing[0]}.", f"Use a standard {weights.arch_name} checkpoint (UNet layout of the original).")
+        _merge_lora(patched, weights, lora_strength)
     if weight == 0.0:
         return patched
 
@@ -182,7 +260,7 @@ def apply_to_model(model, weights: ConsistentIDWeights, cond_tokens: torch.Tenso
         key = (*p.block, p.transformer_index)
         heads = patched.get_model_object(f"diffusion_model.{p.ldm_module}").heads
         previous = replaced.get(key, replaced.get(p.block))
-        patch = FaceIDAttention(_id_kv(tokens, uncond, *id_weights[key], heads), weight, sigma_range, previous)
+        patch = FaceIDAttention(_id_kv(tokens, uncond, *id_weights[key], heads), weight, sigma_range, previous, mask)
         patched.set_model_attn2_replace(patch, *key)
         if transformers_in_block[p.block] == 1:
             patched.set_model_attn2_replace(patch, *p.block)
