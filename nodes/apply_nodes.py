@@ -18,7 +18,8 @@ class ConsistentIDApply(PackNode):
             description="Patches a copy of the MODEL with ConsistentID: merges the adapter's LoRA into every "
                         "attention layer and adds the identity's 4 face-ID tokens through extra cross-attention. "
                         "Connect its MODEL to ConsistentID Merge Step Scheduler, whose MODEL goes to the sampler. "
-                        "Moving a slider here re-runs no face analysis: that happened in Face Encode.",
+                        "Moving a slider here re-runs no face analysis: that happened in Face Encode. Two Applies "
+                        "with two identities and two masks put two people in one picture (the LoRA is merged once).",
             inputs=[
                 io.Model.Input("model", tooltip="An SD1.5 (or SDXL) model; it is cloned, never changed."),
                 ConsistentID.Input("consistentid", tooltip="From ConsistentID Loader, for the same base model."),
@@ -33,12 +34,18 @@ class ConsistentIDApply(PackNode):
                                tooltip="Fraction of the schedule where the face-ID tokens start (official: 0)."),
                 io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Fraction of the schedule where the face-ID tokens stop (official: 1)."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Where this identity's face-ID tokens act (white = fully, grey = partly), at "
+                                      "any size; e.g. one person's half with two Applies for two people. Unconnected: "
+                                      "everywhere. Restrict the Facial Encoder's prompts to the same area with "
+                                      "Conditioning (Set Mask)."),
             ],
             outputs=[io.Model.Output(display_name="model")],
         )
 
     @classmethod
-    def execute(cls, model, consistentid, identity, weight, lora_strength, start_at, end_at) -> io.NodeOutput:
+    def execute(cls, model, consistentid, identity, weight, lora_strength, start_at, end_at,
+                mask=None) -> io.NodeOutput:
         with cls.running(weight=weight, lora_strength=lora_strength, start_at=start_at, end_at=end_at):
             check_model_arch(model, consistentid.weights)
             check_adapter(identity, consistentid.weights.arch, consistentid.projection_sha256(),
@@ -50,7 +57,7 @@ class ConsistentIDApply(PackNode):
                      "Use a clear, well-lit frontal photo of one face, or set Face Encode's on_no_face to 'error'.")
                 weight = 0.0
             patched = apply_to_model(model, consistentid.weights, tokens, identity.uncond_tokens, weight, start_at,
-                                     end_at, lora_strength)
+                                     end_at, lora_strength, mask)
             return io.NodeOutput(patched)
 
 

@@ -4,7 +4,7 @@ import torch
 from comfy_api.latest import io
 
 from ..consistentid_core.checkpoint import check_arch
-from ..consistentid_core.conditioning import Embedding, facial_conditioning
+from ..consistentid_core.conditioning import REGION_PARTS, Embedding, facial_conditioning
 from ..consistentid_core.prompt import DEFAULT_CAPTIONS
 from ..consistentid_core.tokenizer import BIGG_PAD_TOKEN, HFClipBPE
 from .common import PackNode, node_schema
@@ -54,7 +54,8 @@ class ConsistentIDFacialEncoder(PackNode):
                         "text-only (used up to the merge step), facial (the words face, ears, eyes, nose and "
                         "mouth of a 'Detail:' caption fused with their region features) and the negative "
                         "(fused with empty-image features, as the official pipeline does). Feed text-only and "
-                        "facial to ConsistentID Merge Step Scheduler, the negative to the sampler.",
+                        "facial to ConsistentID Merge Step Scheduler, the negative to the sampler. The five region "
+                        "weights strengthen, soften or leave out one region's features (1 = official).",
             inputs=[
                 ConsistentID.Input("consistentid", tooltip="From ConsistentID Loader."),
                 io.Clip.Input("clip", tooltip="The text encoder of your SD1.5 (or SDXL) checkpoint."),
@@ -71,6 +72,11 @@ class ConsistentIDFacialEncoder(PackNode):
                                 tooltip="The facial caption whose words face, ears, eyes, nose and mouth carry "
                                         "the region features; a region whose word is missing is dropped. Empty "
                                         "= the official caption: '" + DEFAULT_CAPTIONS["sd15"] + "' (SD1.5)."),
+                *(io.Float.Input(part, default=1.0, min=0.0, max=2.0, step=0.05, optional=True,
+                                 tooltip=f"Weight of the {part} region: 1 is the official result, 0 leaves the region "
+                                         f"out as if the photo did not show it, values between (or above 1) move the "
+                                         f"fused word less (or more) from the plain word towards the {part} "
+                                         "features.") for part in REGION_PARTS),
             ],
             outputs=[
                 io.Conditioning.Output(display_name="text_only",
@@ -82,14 +88,15 @@ class ConsistentIDFacialEncoder(PackNode):
         )
 
     @classmethod
-    def execute(cls, consistentid, clip, identity, prompt, negative_prompt, caption=None) -> io.NodeOutput:
-        with cls.running():
+    def execute(cls, consistentid, clip, identity, prompt, negative_prompt, caption=None,
+                **region_weights) -> io.NodeOutput:
+        with cls.running(**region_weights):
             arch = clip_arch(clip)
             check_arch(consistentid.weights, arch, "the CLIP model")
             encoder = on_device(consistentid.facial_encoder(compute_dtype()))
             with torch.no_grad():
                 result = facial_conditioning(encoder, identity.regions, prompt, negative_prompt, _bpe(clip),
-                                             _encoder(clip), arch, caption or None)
+                                             _encoder(clip), arch, caption or None, region_weights)
             return io.NodeOutput(_conditioning(result.text_only), _conditioning(result.facial),
                                  _conditioning(result.negative))
 

@@ -25,7 +25,10 @@ pytestmark = pytest.mark.host
 WIDTH, HEIGHT, STEPS, MERGE_STEP = 64, 96, 2, 0
 PHOTO = "astronaut.png"
 INPAINT_TARGET = "inpaint_target.png"
-BASIC, INPAINT, CONTROLNET, ALL_IN_ONE = (name for name in workflows.DEFINITIONS if "_sd15_" in name)
+BASIC, INPAINT, CONTROLNET, ALL_IN_ONE, EDIT_ONE_REGION, TWO_PEOPLE = (
+    f"consistentid_sd15_{name}" for name in ("basic", "inpaint", "controlnet", "all_in_one", "edit_one_region",
+                                             "two_people"))
+PERSON_B = "grace_hopper.jpg"
 # Nodes that analyse the reference face: none may run again when only the seed or the prompt changes.
 FACE_ANALYSIS = ["CLIPVisionLoader", "ConsistentIDFaceParserLoader", "ConsistentIDInsightFaceLoader",
                  "ConsistentIDFaceParse", "ConsistentIDRegionEmbed", "ConsistentIDFaceEncode", "ConsistentIDApply"]
@@ -45,7 +48,8 @@ def _ids(prompt: dict, *selectors: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def server(comfy_server, images_dir):
-    shutil.copy(images_dir / PHOTO, comfy_server.input_dir / PHOTO)
+    for name in (PHOTO, PERSON_B):
+        shutil.copy(images_dir / name, comfy_server.input_dir / name)
     # LoadImage's mask is 1 - alpha: the transparent rectangle is the area to inpaint.
     target = Image.open(images_dir / PHOTO).convert("RGBA").resize((WIDTH, HEIGHT))
     alpha = np.full((HEIGHT, WIDTH), 255, np.uint8)
@@ -69,6 +73,8 @@ def tiny(server, name: str) -> dict:
         node["inputs"].update({key: value for key, value in values.items() if key in node["inputs"]})
     if node_ids(prompt, "Image to inpaint"):
         set_inputs(prompt, "Image to inpaint", image=INPAINT_TARGET)
+    if node_ids(prompt, "Person B"):
+        set_inputs(prompt, "Person B", image=PERSON_B)
     return prompt
 
 
@@ -109,6 +115,8 @@ def test_examples_use_the_official_defaults():
         [sampler] = (prompt[i]["inputs"] for i in node_ids(prompt, "KSampler"))
         assert {key: sampler[key] for key in ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")} == {
             "seed": 2024, "steps": 50, "cfg": cfg, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
+        # Two people stand side by side: the one example in landscape.
+        size = workflows.TWO_PEOPLE_SIZE if stem == TWO_PEOPLE else size
         for node_id in node_ids(prompt, "EmptyLatentImage"):
             assert (prompt[node_id]["inputs"]["width"], prompt[node_id]["inputs"]["height"]) == size
         [merge] = (prompt[i]["inputs"] for i in _ids(prompt, "ConsistentIDMergeStepScheduler", "ConsistentIDSimple"))
@@ -120,9 +128,11 @@ def test_examples_use_the_official_defaults():
         for node_id in _ids(prompt, "ConsistentIDLoader", "ConsistentIDSimple"):
             assert prompt[node_id]["inputs"]["consistentid_name"] == (
                 "ConsistentID_SDXL-v1.bin" if sdxl else "ConsistentID-v1.bin")
-        [text] = (prompt[i]["inputs"] for i in _ids(prompt, "ConsistentIDFacialEncoder", "ConsistentIDSimple"))
-        assert (text["prompt"], text["negative_prompt"]) == (workflows.PROMPT, workflows.NEGATIVE)
-        assert text["prompt"].startswith("cinematic photo,A man, in a forest, adventuring, 50mm photograph")
+        texts = [prompt[i]["inputs"] for i in _ids(prompt, "ConsistentIDFacialEncoder", "ConsistentIDSimple")]
+        prompts = list(workflows.TWO_PEOPLE_PROMPTS) if stem == TWO_PEOPLE else [workflows.PROMPT]
+        assert sorted(text["prompt"] for text in texts) == prompts
+        assert all(text["negative_prompt"] == workflows.NEGATIVE for text in texts)
+        assert all(text["prompt"].startswith("cinematic photo,") for text in texts)
 
 
 def test_example_files_match_their_definitions(server):
@@ -232,6 +242,26 @@ def test_all_in_one_runs_and_keeps_its_face_analysis(server):
                 for run in (first, second)]
     assert len(expanded[0]) == 9 and len(expanded[1]) == 2 and set(expanded[1]) < set(expanded[0])
     assert simple in executed_nodes(second["events"])
+
+
+def test_edit_one_region_workflow(server):
+    prompt = tiny(server, EDIT_ONE_REGION)
+    [encoder] = (prompt[i]["inputs"] for i in node_ids(prompt, "ConsistentIDFacialEncoder"))
+    assert (encoder["mouth"], encoder["eyes"], encoder["face"], encoder["ears"], encoder["nose"]) == (
+        0.0, 1.3, 1.0, 1.0, 1.0)
+    [path] = saved_images(server, prompt, server.queue(prompt))
+    check_image(path, (WIDTH, HEIGHT))
+
+
+def test_two_people_workflow(server):
+    prompt = tiny(server, TWO_PEOPLE)
+    entry = server.queue(prompt)
+    [path] = saved_images(server, prompt, entry)
+    check_image(path, (WIDTH, HEIGHT))
+    # Two identities, two masked Applies, four masked conditionings; person A's identity may come from the cache.
+    used = _ids(prompt, "ConsistentIDApply", "ConsistentIDFaceEncode", "ConditioningSetMask")
+    assert len(used) == 8 and used <= set(executed_nodes(entry["events"])) | set(cached_nodes(entry))
+    assert _ids(prompt, "ConsistentIDApply", "ConditioningSetMask") <= set(executed_nodes(entry["events"]))
 
 
 # Last: its other InsightFace pack would make the examples above re-run ConsistentIDFaceEncode.

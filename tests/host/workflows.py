@@ -22,7 +22,7 @@ PACK_ID = "consistentid"  # the registry id (pyproject [project] name), so the f
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 VIRTUAL_NODES = {"MarkdownNote", "Note"}  # frontend-only: never sent to /prompt
 SLOT_H, WIDGET_H, TEXT_H, IMAGE_H, TITLE_H, GAP = 20, 24, 90, 260, 30, 40
-COLUMN_X = (0, 380, 760, 1180, 1560, 1980)
+COLUMN_X = (0, 380, 760, 1180, 1560, 1980, 2400, 2820)
 
 PROMPT = ("cinematic photo,A man, in a forest, adventuring, 50mm photograph, half-length portrait, film, bokeh, "
           "professional, 4k, highly detailed")
@@ -121,32 +121,47 @@ CLIP vision run once per photo; changing the prompt or the seed reuses them."""
 NOTE = _note(SD15)
 
 
-def _identity(g: Graph, base: Base = SD15) -> dict[str, Link]:
+def _models(g: Graph, base: Base) -> dict[str, Node]:
+    models = {"ckpt": g.add("CheckpointLoaderSimple", 0, models=(base.checkpoint,), ckpt_name=base.checkpoint[0]),
+              "adapter": g.add("ConsistentIDLoader", 0, models=(base.adapter,), consistentid_name=base.adapter[0]),
+              "vision": g.add("CLIPVisionLoader", 0, models=(CLIP_VISION,), clip_name=CLIP_VISION[0]),
+              "parser": g.add("ConsistentIDFaceParserLoader", 0, models=(PARSER,), parser_name=PARSER[0]),
+              "insightface": g.add("ConsistentIDInsightFaceLoader", 0, pack="buffalo_l", provider="CPU",
+                                   det_size=base.det_size)}
+    g.group("Models", "#3f789e", *models.values())
+    return models
+
+
+def _face(g: Graph, column: int, models: dict[str, Node], base: Base, title: str, preview: bool = True) -> Node:
+    """A reference photo through face parsing and region embedding into Face Encode; returns Face Encode."""
+    photo = g.add("LoadImage", column, title=title, image="example.png")
+    parsed = g.add("ConsistentIDFaceParse", column, face_parser=models["parser"][0], image=photo[0],
+                   parse_size=base.parse_size)
+    embeds = g.add("ConsistentIDRegionEmbed", column, clip_vision=models["vision"][0], image=photo[0],
+                   face_regions=parsed[0])
+    shown = [g.add("PreviewImage", column, title="Face parts", images=parsed[1])] if preview else []
+    identity = g.add("ConsistentIDFaceEncode", column, consistentid=models["adapter"][0],
+                     clip_vision=models["vision"][0], insightface=models["insightface"][0], image=photo[0],
+                     region_embeds=embeds[0], face="highest score", face_index=0, combine="average",
+                     on_no_face="error")
+    g.group(title, "#8a6e3f", photo, parsed, *shown, embeds, identity)
+    return identity
+
+
+def _identity(g: Graph, base: Base = SD15, **region_weights) -> dict[str, Link]:
     """Loaders, face parsing and the ConsistentID patch: what every advanced example shares."""
     o = base.official
-    ckpt = g.add("CheckpointLoaderSimple", 0, models=(base.checkpoint,), ckpt_name=base.checkpoint[0])
-    adapter = g.add("ConsistentIDLoader", 0, models=(base.adapter,), consistentid_name=base.adapter[0])
-    vision = g.add("CLIPVisionLoader", 0, models=(CLIP_VISION,), clip_name=CLIP_VISION[0])
-    parser = g.add("ConsistentIDFaceParserLoader", 0, models=(PARSER,), parser_name=PARSER[0])
-    insightface = g.add("ConsistentIDInsightFaceLoader", 0, pack="buffalo_l", provider="CPU",
-                        det_size=base.det_size)
-    photo = g.add("LoadImage", 1, title="Reference face", image="example.png")
-    parsed = g.add("ConsistentIDFaceParse", 1, face_parser=parser[0], image=photo[0], parse_size=base.parse_size)
-    embeds = g.add("ConsistentIDRegionEmbed", 1, clip_vision=vision[0], image=photo[0], face_regions=parsed[0])
-    preview = g.add("PreviewImage", 1, title="Face parts", images=parsed[1])
-    identity = g.add("ConsistentIDFaceEncode", 1, consistentid=adapter[0], clip_vision=vision[0],
-                     insightface=insightface[0], image=photo[0], region_embeds=embeds[0], face="highest score",
-                     face_index=0, combine="average", on_no_face="error")
+    models = _models(g, base)
+    ckpt, adapter = models["ckpt"], models["adapter"]
+    identity = _face(g, 1, models, base, "Reference face")
     encoder = g.add("ConsistentIDFacialEncoder", 2, box_width=400, consistentid=adapter[0], clip=ckpt[1],
-                    identity=identity[0], prompt=PROMPT, negative_prompt=NEGATIVE, caption="")
+                    identity=identity[0], prompt=PROMPT, negative_prompt=NEGATIVE, caption="", **region_weights)
     apply = g.add("ConsistentIDApply", 2, model=ckpt[0], consistentid=adapter[0], identity=identity[0], weight=1.0,
                   lora_strength=1.0, start_at=0.0, end_at=1.0)
     merge = g.add("ConsistentIDMergeStepScheduler", 2, model=apply[0], text_only=encoder[0], facial=encoder[1],
                   merge_step=o["merge_step"], steps=o["steps"], scheduler=o["scheduler"])
-    g.group("Models", "#3f789e", ckpt, adapter, vision, parser, insightface)
-    g.group("Reference face", "#8a6e3f", photo, parsed, preview, embeds, identity)
     g.group("ConsistentID", "#5a3f8a", encoder, apply, merge)
-    return {"model": merge[0], "positive": merge[1], "negative": encoder[2], "vae": ckpt[2], "photo": photo[0]}
+    return {"model": merge[0], "positive": merge[1], "negative": encoder[2], "vae": ckpt[2]}
 
 
 def _sample(g: Graph, column: int, model: Link, positive: Link, negative: Link, latent: Link, vae: Link,
@@ -224,8 +239,63 @@ face analysis is cached). Upload a clear photo of **one face** in *Reference fac
     return g
 
 
-DEFINITIONS = {graph.name: graph for graph in (basic(), inpaint(), controlnet(), all_in_one(), basic(SDXL),
-                                                  all_in_one(SDXL))}
+def edit_one_region() -> Graph:
+    g = Graph("consistentid_sd15_edit_one_region", NOTE + """
+
+**Edit one region:** *ConsistentID Facial Encoder* has a weight per facial region (face, eyes, ears, nose, mouth).
+Here the mouth is 0: the photo's mouth is left out exactly as if the parse had not found it, so the prompt
+decides it (try "smiling"); the eyes are 1.3, kept closer to the photo. 1 everywhere is the official result;
+values between 0 and 1 soften a region.""")
+    parts = _identity(g, mouth=0.0, eyes=1.3)
+    _sample(g, 3, parts["model"], parts["positive"], parts["negative"], _empty_latent(g, 3)[0], parts["vae"])
+    return g
+
+
+TWO_PEOPLE_SIZE = (768, 512)  # side by side: landscape
+TWO_PEOPLE_PROMPTS = ("cinematic photo, a man on the left, two friends in a forest, adventuring, 50mm photograph, "
+                      "film, bokeh, professional, 4k, highly detailed",
+                      "cinematic photo, a woman on the right, two friends in a forest, adventuring, 50mm photograph, "
+                      "film, bokeh, professional, 4k, highly detailed")
+
+
+def two_people() -> Graph:
+    o, (width, height) = SD15.official, TWO_PEOPLE_SIZE
+    g = Graph("consistentid_sd15_two_people", NOTE + f"""
+
+**Two people:** one identity per person, each in its half of the picture. *Person A* goes left, *Person B*
+right: each Apply's mask limits that person's face-ID tokens, and Conditioning (Set Mask) limits that
+person's text-only and facial prompts, to the half (the merge step keeps both). Move the masks (*Left* /
+*Right*) to place the people elsewhere; any MASK works (painted, from a segmenter, soft edges). Official
+size for one person is 512×768; this example is {width}×{height}.""")
+    models = _models(g, SD15)
+    ckpt, adapter = models["ckpt"], models["adapter"]
+    canvas = g.add("SolidMask", 0, title="Canvas", value=0.0, width=width, height=height)
+    half = g.add("SolidMask", 0, title="Half", value=1.0, width=width // 2, height=height)
+    masks = [g.add("MaskComposite", 0, title=title, destination=canvas[0], source=half[0], x=x, y=0,
+                   operation="add") for title, x in (("Left", 0), ("Right", width // 2))]
+    g.group("Where each person goes", "#3f8a5a", canvas, half, *masks)
+    model, text_only, facial, negatives = ckpt[0], [], [], []
+    for column, (name, mask, prompt) in enumerate(zip(("Person A", "Person B"), masks, TWO_PEOPLE_PROMPTS), 1):
+        identity = _face(g, column, models, SD15, name, preview=False)
+        encoder = g.add("ConsistentIDFacialEncoder", 3, box_width=360, consistentid=adapter[0], clip=ckpt[1],
+                        identity=identity[0], prompt=prompt, negative_prompt=NEGATIVE, caption="")
+        model = g.add("ConsistentIDApply", 5, model=model, consistentid=adapter[0], identity=identity[0], weight=1.0,
+                      lora_strength=1.0, start_at=0.0, end_at=1.0, mask=mask[0])[0]
+        for kept, slot in ((text_only, 0), (facial, 1)):
+            kept.append(g.add("ConditioningSetMask", 4, conditioning=encoder[slot], mask=mask[0], strength=1.0,
+                              set_cond_area="default")[0])
+        negatives.append(encoder[2])
+    combined = [g.add("ConditioningCombine", 4, conditioning_1=a, conditioning_2=b)[0]
+                for a, b in (text_only, facial, negatives)]
+    merge = g.add("ConsistentIDMergeStepScheduler", 5, model=model, text_only=combined[0], facial=combined[1],
+                  merge_step=o["merge_step"], steps=o["steps"], scheduler=o["scheduler"])
+    latent = g.add("EmptyLatentImage", 5, width=width, height=height, batch_size=1)
+    _sample(g, 6, merge[0], merge[1], combined[2], latent[0], ckpt[2])
+    return g
+
+
+DEFINITIONS = {graph.name: graph for graph in (basic(), inpaint(), controlnet(), all_in_one(), edit_one_region(),
+                                                  two_people(), basic(SDXL), all_in_one(SDXL))}
 
 # ------------------------------------------------------------------------------------------------ conversion
 
