@@ -303,3 +303,48 @@ def test_no_frame_inspection_in_the_pack():
     offenders = [str(path) for folder in ("nodes", "consistentid_core") for path in (REPO / folder).rglob("*.py")
                  if "_getframe" in path.read_text() or "f_locals" in path.read_text()]
     assert offenders == []
+
+
+def test_merge_keeps_every_entrys_mask_strengths_and_timestep_range(host, pack, base):
+    """Two people: each one's text-only and facial entries masked to its half, with a mask strength and a
+    conditioning strength; the merge hands the host every entry of the evaluation's phase with those intact, and a
+    facial entry's own timestep range restored."""
+    from comfy.patcher_extension import WrappersMP
+
+    steps, merge_step = 6, 1
+    left = torch.zeros(1, 8, 8)
+    left[..., :4] = 1.0
+    halves = {1.0: left, 1.5: 1 - left, 2.0: left, 2.5: 1 - left}
+    strengths = {1.0: (0.8, 0.9), 1.5: (0.7, 1.1), 2.0: (0.6, 1.2), 2.5: (0.5, 1.3)}
+
+    def entry(value, **opts):
+        mask_strength, strength = strengths[value]
+        return [torch.full((1, 77, 768), value), {"mask": halves[value], "mask_strength": mask_strength,
+                                                   "strength": strength, **opts}]
+
+    positive = pack.merge_step.merge_conditioning([entry(1.0), entry(1.5)],
+                                                  [entry(2.0), entry(2.5, start_percent=0.0, end_percent=0.5)],
+                                                  merge_step, steps, "normal")
+    model = _merge_model(base, pack)
+    model.set_model_unet_function_wrapper(lambda apply_model, args: torch.zeros_like(args["input"]))
+    seen = []
+
+    def record(executor, inner, conds, x_in, timestep, model_options):
+        seen.append({float(c["model_conds"]["c_crossattn"].cond[0, 0, 0]): c for c in conds[0]})
+        return executor(inner, conds, x_in, timestep, model_options)
+
+    # Added after the merge's own wrapper, so it runs inside it and sees what the merge passes on.
+    model.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, "test_record", record)
+    _sample(host, model, positive, steps=steps)
+
+    sampling = model.get_model_object("model_sampling")
+    assert [sorted(call) for call in seen] == [[1.0, 1.5]] * (merge_step + 1) + [[2.0, 2.5]] * (steps - merge_step - 1)
+    for call in seen:
+        for value, cond in call.items():
+            assert torch.equal(cond["mask"].reshape(8, 8), halves[value].reshape(8, 8))
+            assert (cond["mask_strength"], cond["strength"]) == strengths[value]
+    last = seen[-1]
+    assert (last[2.5]["timestep_start"], last[2.5]["timestep_end"]) == (sampling.percent_to_sigma(0.0),
+                                                                        sampling.percent_to_sigma(0.5))
+    assert (last[2.0]["timestep_start"], last[2.0]["timestep_end"]) == (sampling.percent_to_sigma(0.0),
+                                                                        sampling.percent_to_sigma(1.0))
