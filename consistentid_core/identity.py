@@ -3,7 +3,8 @@
 It holds the face-ID tokens (from ArcFace and the whole photo's CLIP-H states), the per-region CLIP-H features
 with the regions found, the ArcFace embeddings and faces used, and what produced it (``source``: base model,
 models and their hashes, photos' hashes, settings). Several photos combine into one identity, and identities
-blend; both are plain tensor arithmetic, so one photo, or a blend at weight 1 or 0, is the input exactly.
+blend; both are plain tensor arithmetic, so one photo, or a blend at weight 1 or 0, is the input exactly
+(docs/method.md §7.5).
 """
 import hashlib
 from collections.abc import Mapping, Sequence
