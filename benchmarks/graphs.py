@@ -7,8 +7,8 @@ PROMPT_TEMPLATE = ("cinematic photo,{}, 50mm photograph, half-length portrait, f
                    "highly detailed")
 SECOND_PROMPT = "A woman, on a beach, smiling"
 # Nodes whose work is face analysis: none of them may re-run when only the prompt or the seed changes.
-FACE_NODES = ("image", "parse", "regions", "apply", "apply_id")
-PREPROCESSING_NODES = ("parse", "regions", "encode", "apply")
+FACE_NODES = ("image", "parse", "regions", "identity")
+PREPROCESSING_NODES = ("parse", "regions", "identity", "encode", "apply")
 
 
 @dataclass(frozen=True)

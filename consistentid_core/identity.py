@@ -130,26 +130,28 @@ def blend(a: Identity, b: Identity, weight: float) -> Identity:
             f"The identities have {a.cond_tokens.shape[0]} and {b.cond_tokens.shape[0]} rows of face-ID tokens "
             "(photos concatenated), which cannot be mixed row by row.",
             "Encode both with combine set to 'average' (one row each).")
-    weight_of = lambda identity: weight if identity is a else 1.0 - weight  # noqa: E731
     mixed = lambda x, y: torch.lerp(y, x.to(y), weight)  # noqa: E731
-    sides = {part: {} for part in PARTS}
-    for identity in (a, b):
+    # By position, not by object: the same identity may be connected to both inputs.
+    shares = ((a, weight), (b, 1.0 - weight))
+    sides: dict[str, dict[int, tuple[str, torch.Tensor]]] = {part: {} for part in PARTS}
+    for side, (identity, _) in enumerate(shares):
         for name, features in zip(identity.regions.names, identity.regions.features):
-            sides[_part(name)][identity is a] = (name, features)
+            sides[_part(name)][side] = (name, features)
     names, features = [], []
-    for part, side in sides.items():
-        if len(side) == 2:
-            names.append(side[True][0])
-            features.append(mixed(side[True][1], side[False][1]))
-        elif side:
-            [(is_a, (name, value))] = side.items()
-            if weight_of(a if is_a else b) > 0:
+    for part, found in sides.items():
+        if len(found) == 2:
+            names.append(found[0][0])
+            features.append(mixed(found[0][1], found[1][1]))
+        elif found:
+            [(side, (name, value))] = found.items()
+            if shares[side][1] > 0:
                 names.append(name)
                 features.append(value)
     zero = mixed(a.regions.zero_features, b.regions.zero_features)
-    taking_part = [identity for identity in (a, b) if weight_of(identity) > 0]
-    source = {key: a.source[key] for key in ("format", "format_version", "base_model", "adapter", "adapter_sha256")
-              if key in a.source}
+    taking_part = [identity for identity, share in shares if share > 0]
+    source = {key: a.source[key] for key in ("base_model", "adapter", "adapter_sha256", "clip_vision_sha256",
+                                             "insightface", "insightface_recognition",
+                                             "insightface_recognition_sha256") if key in a.source}
     source.update(blend=f"{weight:g}·A + {1 - weight:g}·B",
                   images_sha256=",".join(i.source.get("images_sha256", "") for i in taking_part))
     return Identity(mixed(a.cond_tokens, b.cond_tokens), mixed(a.uncond_tokens, b.uncond_tokens),

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from .errors import WeightFileError
 from .identity import Identity
 from .regions import RegionFeatures
+from .unet_layout import ARCH_NAMES
 
 FORMAT = "consistentid-identity"
 FORMAT_VERSION = "1"
@@ -55,6 +56,8 @@ def load_identity(path: str) -> Identity:
                     f"'{name}' is an identity of format version {metadata.get('format_version')!r}; this version "
                     f"of the pack reads version {FORMAT_VERSION}.",
                     "Update ComfyUI-ConsistentID, or encode the photos again with this version.")
+            if metadata.get("base_model") not in ARCH_NAMES:
+                raise WeightFileError(f"'{name}' does not say which base model it was made for.", fix)
             tensors = {key: f.get_tensor(key) for key in f.keys()}
         names = json.loads(metadata["regions"])
         features = [tensors[_REGION + region] for region in names]
@@ -63,6 +66,6 @@ def load_identity(path: str) -> Identity:
         source = {key: value for key, value in metadata.items() if key != "regions"}
         return Identity(tensors.get("cond_tokens"), tensors["uncond_tokens"], regions, tensors["arcface"],
                         tensors["faces"], source)
-    except (SafetensorError, OSError, KeyError, ValueError) as err:
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
         raise WeightFileError(f"'{name}' is not a readable identity file ({err}).", fix) from err
 

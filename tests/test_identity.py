@@ -133,11 +133,22 @@ def test_encode_identity_averages_the_rows_of_the_concatenated_photos():
 
 def test_blend_at_weight_one_and_zero_is_each_identity_exactly():
     a, b = _identity(1, images_sha256="photo-a"), _identity(2, images_sha256="photo-b")
-    kept = ("format", "format_version", "base_model", "adapter", "adapter_sha256")
+    kept = ("base_model", "adapter", "adapter_sha256", "clip_vision_sha256", "insightface", "insightface_recognition",
+            "insightface_recognition_sha256")
     for weight, side, other in ((1.0, a, "1·A + 0·B"), (0.0, b, "0·A + 1·B")):
         mixed = blend(a, b, weight)
         assert_same_identity(mixed, side, {**{k: v for k, v in a.source.items() if k in kept}, "blend": other,
                                            "images_sha256": side.source["images_sha256"]})
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_an_identity_blended_with_itself_is_itself(weight):
+    # One Face Encode connected to both inputs: the two sides are told apart by position, not by object.
+    a = _identity(1)
+    mixed = blend(a, a, weight)
+    assert torch.equal(mixed.cond_tokens, a.cond_tokens) and mixed.regions.names == a.regions.names
+    assert torch.equal(mixed.regions.features, a.regions.features)
+    assert mixed.arcface.shape[0] == (2 if 0 < weight < 1 else 1)
 
 
 def test_blend_between_is_the_weighted_sum_of_tokens_and_of_each_part():

@@ -38,7 +38,7 @@ def test_benchmark_reports_every_figure(smoke):
         stages = report["preprocessing"][phase]["stages_s"]
         assert FACE_ANALYSIS_STAGES | {"facial_encoder"} <= set(stages)
         assert all(_positive(stages[s]) for s in FACE_ANALYSIS_STAGES | {"facial_encoder"})
-        assert set(report["preprocessing"][phase]["nodes_s"]) == {"parse", "regions", "encode", "apply"}
+        assert set(report["preprocessing"][phase]["nodes_s"]) == {"parse", "regions", "identity", "encode", "apply"}
     assert _positive(report["preprocessing"]["warm_per_image_s"])
 
     operators = report["operators_per_unet_forward"]
@@ -69,9 +69,11 @@ def test_benchmark_measures_each_queue_from_the_host_cache(smoke):
     queues = {q["label"]: q for q in report["queues"]}
     assert set(queues["plain warm-up"]["executed"]) == {"ckpt", "pos", "neg", "latent", "sampler_plain"}
     cold = queues["consistentid cold"]
-    assert {"image", "parse", "regions", "encode", "apply", "merge_apply", "sampler_cid"} <= set(cold["executed"])
+    assert {"image", "parse", "regions", "identity", "encode", "apply", "merge_apply",
+            "sampler_cid"} <= set(cold["executed"])
     assert FACE_ANALYSIS_STAGES <= set(cold["stage_s"])
-    assert set(queues["preprocessing warm 1"]["executed"]) == {"image", "parse", "regions", "encode", "apply"}
+    assert set(queues["preprocessing warm 1"]["executed"]) == {"image", "parse", "regions", "identity", "encode",
+                                                                "apply"}
     assert set(queues["warm-up on the new image"]["executed"]) == {"merge_apply", "sampler_cid", "apply_id",
                                                                    "merge_apply_id", "sampler_id"}
     # Timed rounds alternate the three samplers; from the second round on, a queue runs its sampler alone
@@ -87,7 +89,8 @@ def test_benchmark_second_queue_recomputes_no_face_analysis(smoke):
     report, _ = smoke
     second = report["second_queue"]
     assert set(second["executed"]) == {"encode", "merge_apply", "sampler_cid"}
-    assert {"image", "parse", "regions", "apply", "vision", "insightface", "parser", "cid"} <= set(second["cached"])
+    assert {"image", "parse", "regions", "identity", "apply", "vision", "insightface", "parser",
+            "cid"} <= set(second["cached"])
     assert second["face_analysis_reran"] == [] and second["stages_run"] == ["facial_encoder"]
     assert report["seed_only_queue"] == {"executed": ["sampler_cid"], "face_analysis_reran": []}
     assert report["targets"]["prompt_change_reruns_no_face_analysis"]
