@@ -19,7 +19,7 @@ def check_size(height: int, width: int) -> None:
         raise InputImageError(
             f"The reference image is {width}x{height} pixels; the face regions need at least "
             f"{MIN_SIDE} pixels on the short side.",
-            f"Use a larger photo of the face (ideally 512 pixels or more on the short side), "
+            "Use a larger photo of the face (ideally 512 pixels or more on the short side), "
             "or upscale it before this node.",
         )
 

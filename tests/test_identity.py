@@ -19,6 +19,7 @@ from consistentid_core.identity import (FACE_COLUMNS, Identity, blend, combine_r
 from consistentid_core.identity_file import FORMAT, FORMAT_VERSION, load_identity, save_identity
 from consistentid_core.projection import ProjPlus
 from consistentid_core.regions import RegionFeatures
+from identity_checks import FIX, assert_same_identity, pickles
 from weightgen.consistentid import UNIT_PROJECTION
 
 SHAPE = (3, 5)  # a region's features: stands in for CLIP-H's [257, 1280]
@@ -39,25 +40,6 @@ def _identity(seed: int, names=("Face", "Left_Eye", "Nose", "Upper_Lip"), rows: 
     faces = torch.tensor([[10.0, 20.0, 110.0, 140.0, 0.9, 0.0]] * rows)
     return Identity(torch.randn(rows, 4, 8, generator=g), torch.randn(1, 4, 8, generator=g),
                     _regions(list(names), seed), torch.randn(rows, 512, generator=g), faces, {**SOURCE, **source})
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    """The bytes of ``t``, so NaN (a photo without face) compares equal to itself."""
-    return t.contiguous().view(torch.uint8)
-
-
-def assert_same_identity(got: Identity, expected: Identity, source: dict | None = None) -> None:
-    """Every tensor bit for bit (dtypes included), the region names, and the source (``source`` if given)."""
-    assert (got.cond_tokens is None) == (expected.cond_tokens is None)
-    pairs = [(got.uncond_tokens, expected.uncond_tokens), (got.regions.features, expected.regions.features),
-             (got.regions.zero_features, expected.regions.zero_features), (got.arcface, expected.arcface),
-             (got.faces, expected.faces)]
-    if got.cond_tokens is not None:
-        pairs.append((got.cond_tokens, expected.cond_tokens))
-    for a, b in pairs:
-        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(_bits(a), _bits(b))
-    assert got.regions.names == expected.regions.names
-    assert dict(got.source) == dict(expected.source if source is None else source)
 
 
 # ------------------------------------------------------------------------------------------ combining photos
@@ -224,7 +206,6 @@ def test_an_identity_of_another_format_version_is_refused(tmp_path):
         "version 1. Fix: Update ComfyUI-ConsistentID, or encode the photos again with this version.")
 
 
-FIX = "Fix: Select a file written by ConsistentID Save Identity, or encode the photos again."
 
 
 def test_files_that_are_not_identities_are_refused(tmp_path):
@@ -245,24 +226,6 @@ def test_files_that_are_not_identities_are_refused(tmp_path):
             load_identity(str(tmp_path / name))
         assert str(err.value).startswith(f"[ConsistentID] '{name}' is not a readable identity file (")
         assert str(err.value).endswith(FIX)
-
-
-class _Payload:
-    """Unpickled, it creates the file ``path`` (as a malicious pickle could run anything)."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return open, (self.path, "w")
-
-
-def pickles(marker) -> dict[str, bytes]:
-    """Pickles whose loading creates ``marker``: plain (protocols 0 and 4), and one whose 9th byte is the ``{``
-    a safetensors header starts with, so it gets past a sniff of the first bytes."""
-    plain = pickle.dumps(_Payload(marker), protocol=0)
-    return {"evil_p0.safetensors": plain, "evil_p4.safetensors": pickle.dumps(_Payload(marker), protocol=4),
-            "evil_brace.safetensors": b"S'123456{'\n0" + plain}
 
 
 def test_a_pickle_named_like_an_identity_is_refused_without_running(tmp_path):

@@ -12,7 +12,6 @@ from safetensors.torch import save_file
 from consistentid_core import fgis
 from consistentid_core.dino import IMAGE_SIZE, dino_embed, dino_pixels, load_dino
 from consistentid_core.errors import WeightFileError
-from consistentid_core.face_id import face_embedding
 from consistentid_core.facesim import NO_FACE, face_similarity
 from consistentid_core.parsing import load_face_parser, parse_labels
 from consistentid_core.regions import FaceRegions, face_regions

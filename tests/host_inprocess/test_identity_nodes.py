@@ -20,19 +20,18 @@ the generated buffalo_l pack). Covered:
 CLIP-ViT-H dominates the run time (several seconds a photo or region on a small CPU), so each photo is parsed
 and embedded once per module and the identities are shared between the tests.
 """
-import importlib.util
 import io
 import json
 import logging
 import shutil
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from identity_checks import FIX, Payload, assert_same_identity, pickles
 from model_files import models  # noqa: F401  (fixture)
 
 UNIT, OTHER, SDXL = "ConsistentID-v1-unit.bin", "ConsistentID-v1-unit-seed5.bin", "ConsistentID_SDXL-v1-unit.bin"
@@ -43,16 +42,6 @@ PROMPT, NEGATIVE = "A man, in a forest, adventuring", "blurry, lowres"
 IDENTITIES = "consistentid_identities"
 
 
-def _unit_helpers():
-    """``tests/test_identity.py`` (the host-free identity tests), for its comparison and pickle helpers."""
-    path = Path(__file__).resolve().parents[1] / "test_identity.py"
-    spec = importlib.util.spec_from_file_location("identity_unit_tests", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-helpers = _unit_helpers()
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +182,7 @@ def test_a_saved_identity_loads_bit_identical_and_samples_as_the_live_one(host, 
     loaded = _save_and_load(nodes, adapters[UNIT], live, "people/astronaut")
 
     assert (identities_folder / "people" / "astronaut_00001_.safetensors").is_file()
-    helpers.assert_same_identity(loaded, live, _file_source(live))
+    assert_same_identity(loaded, live, _file_source(live))
     assert live.regions.names == ["Face", "Left_Eye", "Left_Ear", "Upper_Lip"]
     assert live.cond_tokens.shape == (1, 4, 768) and live.arcface.shape == (1, 512) and live.faces.shape == (1, 6)
     assert (live.source["adapter"], live.source["adapter_sha256"]) == (UNIT, adapters[UNIT].projection_sha256())
@@ -261,7 +250,7 @@ def test_an_identity_of_another_adapter_is_refused_by_load_and_apply(pack, nodes
         f"[ConsistentID · ConsistentID Load Identity] The identity was encoded for SD1.5 (with '{UNIT}'), but the "
         f"ConsistentID model is SDXL ('{SDXL}'). Fix: Encode the photos again with this ConsistentID model, or load "
         "the adapter the identity was made with.")
-    helpers.assert_same_identity(load(UNIT).result[0], single[A], _file_source(single[A]))
+    assert_same_identity(load(UNIT).result[0], single[A], _file_source(single[A]))
 
 
 # -------------------------------------------------------------------------------------- files that are not
@@ -271,13 +260,13 @@ def test_a_pickle_or_other_file_named_as_an_identity_is_refused_unrun(pack, node
     import safetensors.torch
 
     marker = tmp_path / "payload_ran"
-    for name, payload in helpers.pickles(marker).items():
+    for name, payload in pickles(marker).items():
         (identities_folder / name).write_bytes(payload)
-    torch.save(helpers._Payload(marker), identities_folder / "evil_torch.safetensors")
+    torch.save(Payload(marker), identities_folder / "evil_torch.safetensors")
     safetensors.torch.save_file({"lora_up.weight": torch.ones(4, 4)}, identities_folder / "lora.safetensors",
                                 {"format": "pt"})
     load = lambda name: nodes.LoadIdentity.execute(adapters[UNIT], name)  # noqa: E731
-    where, fix = "[ConsistentID · ConsistentID Load Identity]", helpers.FIX
+    where, fix = "[ConsistentID · ConsistentID Load Identity]", FIX
 
     for name in ("evil_p0.safetensors", "evil_p4.safetensors", "evil_torch.safetensors"):
         assert _refusal(lambda: load(name), pack.errors.WeightFileError) == (
@@ -300,8 +289,9 @@ def test_blend_is_a_or_b_exactly_at_the_ends_and_refuses_other_adapters(pack, no
     blend = lambda x, y, weight: nodes.BlendIdentities.execute(x, y, weight).result[0]  # noqa: E731
     for weight, side in ((1.0, a), (0.0, b)):
         mixed = blend(a, b, weight)
-        helpers.assert_same_identity(mixed, side, {**{key: a.source[key] for key in (
-            "base_model", "adapter", "adapter_sha256")}, "blend": f"{weight:g}·A + {1 - weight:g}·B",
+        assert_same_identity(mixed, side, {**{key: a.source[key] for key in (
+            "base_model", "adapter", "adapter_sha256", "clip_vision_sha256", "insightface", "insightface_recognition",
+            "insightface_recognition_sha256")}, "blend": f"{weight:g}·A + {1 - weight:g}·B",
             "images_sha256": side.source["images_sha256"]})
 
     mixed = blend(a, b, 0.7)
