@@ -27,7 +27,7 @@ except ImportError:  # reported when the client connects, after --help and the a
 
 DEFAULT_WORKFLOW = Path(__file__).resolve().parent / "consistentid_sd15_basic.json"
 # The nodes of the basic example whose inputs the options set; each must be in the workflow exactly once.
-REQUIRED = ("CheckpointLoaderSimple", "ConsistentIDApply", "ConsistentIDFacialEncoder",
+REQUIRED = ("CheckpointLoaderSimple", "ConsistentIDApply", "ConsistentIDFaceEncode", "ConsistentIDFacialEncoder",
             "ConsistentIDMergeStepScheduler", "EmptyLatentImage", "KSampler", "SaveImage")
 
 
@@ -130,8 +130,8 @@ def build_prompt(workflow: dict, photo: str, seed: int, args: argparse.Namespace
     prompt = json.loads(json.dumps(workflow))
     ids = {class_type: _only(prompt, class_type) for class_type in REQUIRED}
     inputs = {class_type: prompt[node_id]["inputs"] for class_type, node_id in ids.items()}
-    apply = inputs["ConsistentIDApply"]
-    prompt[apply["image"][0]]["inputs"]["image"] = photo
+    face = inputs["ConsistentIDFaceEncode"]
+    prompt[face["image"][0]]["inputs"]["image"] = photo
     merge = inputs["ConsistentIDMergeStepScheduler"]
     if args.steps is not None and args.merge_step is None:
         merge["merge_step"] = round(merge["merge_step"] * args.steps / merge["steps"])
@@ -148,7 +148,7 @@ def build_prompt(workflow: dict, photo: str, seed: int, args: argparse.Namespace
         inputs[class_type].update({key: value for key, value in values.items() if value is not None})
     facesim = str(max(int(node_id) for node_id in prompt if node_id.isdigit()) + 1)
     prompt[facesim] = {"class_type": "ConsistentIDFaceSim", "_meta": {"title": "FaceSim"},
-                       "inputs": {"insightface": apply["insightface"], "reference": apply["image"],
+                       "inputs": {"insightface": face["insightface"], "reference": face["image"],
                                   "images": inputs["SaveImage"]["images"]}}
     return prompt, ids["SaveImage"], facesim
 

@@ -139,7 +139,7 @@ def test_client_sets_the_options_and_adds_facesim():
     assert (by_type["EmptyLatentImage"]["width"], by_type["EmptyLatentImage"]["height"]) == (64, 768)
     assert by_type["ConsistentIDApply"]["weight"] == 0.8 and by_type["ConsistentIDFacialEncoder"]["prompt"] == "A woman"
     assert prompt[save]["class_type"] == "SaveImage"
-    assert prompt[facesim]["inputs"] == {"insightface": ["5", 0], "reference": ["6", 0], "images": ["15", 0]}
+    assert prompt[facesim]["inputs"] == {"insightface": ["5", 0], "reference": ["6", 0], "images": ["16", 0]}
 
 
 def test_client_saves_an_image_and_a_facesim_per_seed(server, tmp_path):

@@ -104,8 +104,8 @@ def test_all_in_one_names_itself_and_the_step(server):
 
     message = _refused(server, prompt, "ConsistentIDSimple")
 
-    assert "NoFaceError: [ConsistentID · ConsistentID (all in one) › Apply] InsightFace found no face in image 1 " \
-           "of 1" in message
+    assert "NoFaceError: [ConsistentID · ConsistentID (all in one) › Face Encode] InsightFace found no face in " \
+           "image 1 of 1" in message
 
 
 def test_other_recognition_model_is_loaded_with_a_warning(server):
