@@ -340,3 +340,18 @@ def test_no_face_skipped_gives_no_tokens_and_apply_merges_only_the_lora(pack, no
     assert _refusal(lambda: encode(A, face="index", face_index=1), pack.errors.InputImageError) == (
         "[ConsistentID · ConsistentID Face Encode] face_index 1 asks for face 2 from the left, but only 1 face(s) "
         "were found. Fix: Set face_index to 0..0 (0 is the leftmost face; the preview numbers them).")
+
+
+def test_the_preview_boxes_every_face_and_the_one_used_in_green(pack):
+    face_id = pack.load("consistentid_core.face_id")
+    boxes = np.array([[60, 10, 90, 40], [10, 10, 40, 40], [110, 10, 140, 40]], np.float32)
+    used = face_id.FaceIDResult(np.zeros(512, np.float32), 3, boxes[0], 0.9, 0, boxes)
+    photo = np.full((64, 160, 3), 128, np.uint8)
+    preview = pack.load("nodes.identity_nodes")._preview(photo, used)
+    assert photo.max() == photo.min() == 128  # drawn on a copy
+    green, red = (0, 220, 0), (220, 40, 40)
+    assert tuple(preview[40, 75]) == green  # bottom edge of the face used (the middle one)
+    assert tuple(preview[40, 25]) == red and tuple(preview[40, 125]) == red
+    assert tuple(preview[55, 75]) == (128, 128, 128)
+    no_face = face_id.FaceIDResult(None, 0, None, None)
+    assert np.array_equal(pack.load("nodes.identity_nodes")._preview(photo, no_face), photo)
