@@ -8,6 +8,7 @@ the channel order it expects (as the SDXL script and the training data did). The
 kept is ``faces[0]``, the highest detector score; no face gives the zero vector.
 """
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,8 +91,10 @@ def face_embedding(app, rgb: np.ndarray, det_size: tuple[int, int] | None = DEFA
 
 def face_ids(app, images: list[np.ndarray], on_no_face: str = "error",
              det_size: tuple[int, int] | None = DEFAULT_DET_SIZE, bgr_input: bool = False,
-             choose: str = "highest score", index: int = 0) -> list[FaceIDResult]:
-    """The face of each image (:func:`face_embedding`), logging which one when there are several.
+             choose: str = "highest score", index: int = 0,
+             done: Callable[[], None] | None = None) -> list[FaceIDResult]:
+    """The face of each image (:func:`face_embedding`), logging which one when there are several; ``done`` is
+    called after each image (a progress bar).
 
     ``on_no_face``: ``"error"`` raises :class:`NoFaceError` naming the image; ``"zero"`` (the official
     behaviour: the zero vector, see :func:`id_vectors`) and ``"skip"`` (the caller leaves the image out) log it.
@@ -119,6 +122,8 @@ def face_ids(app, images: list[np.ndarray], on_no_face: str = "error",
             logging.warning("[ConsistentID] %s: %d faces found; using face %d, %s, box x1,y1,x2,y2 = %s.",
                             where, result.num_faces, result.index + 1, why, box)
         results.append(result)
+        if done is not None:
+            done()
     return results
 
 

@@ -121,13 +121,8 @@ class ConsistentIDFaceEncode(PackNode):
                     f"{len(region_embeds)}.", "Connect the same image to ConsistentID Face Parse and to this node.")
             sdxl = consistentid.weights.arch == "sdxl"
             bar = comfy.utils.ProgressBar(len(photos) + 1)
-            results = []
-            for number, rgb in enumerate(photos):
-                # One photo at a time, so the bar moves while InsightFace works through a batch.
-                [result] = face_ids(insightface, [rgb], on_no_face, det_size=None, bgr_input=sdxl, choose=face,
-                                    index=face_index)
-                results.append(result)
-                bar.update(1)
+            results = face_ids(insightface, photos, on_no_face, det_size=None, bgr_input=sdxl, choose=face,
+                               index=face_index, done=lambda: bar.update(1))
             used = [i for i, r in enumerate(results) if r.embedding is not None or on_no_face == "zero"]
             zero = zero_image_features(clip_vision)
             hidden = (encode_penultimate(clip_vision, torch.stack([clip_pixels(photos[i]) for i in used]))

@@ -218,3 +218,10 @@ def test_bad_arguments_are_refused(app, photos):
         face_embedding(app, photos["astronaut.png"], choose="smallest")
     with pytest.raises(InputImageError, match=r"RGB uint8 \[H, W, 3\], got uint8 \[64, 64\]"):
         face_embedding(app, np.zeros((64, 64), np.uint8))
+
+
+def test_done_is_called_after_each_image(app, photos):
+    images = [photos["astronaut.png"], photos["grace_hopper.jpg"]]
+    seen = []
+    results = face_ids(app, images, done=lambda: seen.append(len(seen)))
+    assert seen == [0, 1] and len(results) == 2
