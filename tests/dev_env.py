@@ -27,9 +27,11 @@ DEV_VENV = REPO / ".venv"
 HOST_TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 SNAPSHOTS = {"ComfyUI": "ComfyUI-*.tar.gz", "ComfyUI_IPAdapter_plus": "ComfyUI_IPAdapter_plus-*.tar.gz"}
 IN_PROCESS = "tests/host_inprocess"
-# Modules that hold a full-size UNet of their own (SDXL: ~9 GB; the official-loop UNet built from its state
-# dict: ~7 GB) each get a Python of their own, so that no process exceeds CI's 10 GB.
-OWN_PROCESS = ["tests/host_inprocess/test_sdxl.py", "tests/host_inprocess/test_official_sampling.py"]
+# Modules that need most memory each get a Python of their own, so that no process exceeds CI's 10 GB: those that
+# hold a full-size UNet of their own (SDXL: ~9 GB; the official-loop UNet built from its state dict: ~7 GB), and
+# the IPAdapter_plus stacking (~9 GB: IPAdapter_plus's CLIP encodes keep several GB on a CPU).
+OWN_PROCESS = ["tests/host_inprocess/test_sdxl.py", "tests/host_inprocess/test_official_sampling.py",
+               "tests/host_inprocess/test_with_ipadapter.py"]
 
 
 class HostNotFound(RuntimeError):
