@@ -20,7 +20,7 @@ from ..consistentid_core.tensor_files import tensors_sha256
 from .clip_vision import encode_penultimate, zero_image_features
 from .common import PackNode, node_schema
 from .managed import compute_dtype, on_device
-from .paths import IDENTITY_FOLDER
+from .paths import IDENTITY_FOLDER, ModelInput
 from .types import ConsistentID, Identity, InsightFace, RegionEmbeds
 
 ON_NO_FACE = ["error", "zero", "skip"]
@@ -137,8 +137,13 @@ class ConsistentIDFaceEncode(PackNode):
             return io.NodeOutput(identity, preview, ui=ui.PreviewImage(preview, cls=cls))
 
 
-def _identity_files() -> list[str]:
-    return folder_paths.get_filename_list(IDENTITY_FOLDER)
+def _identity_path(name: str) -> str:
+    path = folder_paths.get_full_path(IDENTITY_FOLDER, name)
+    if path is None or not os.path.isfile(path):
+        raise WeightFileError(
+            f"Identity file '{name}' was not found in {' or '.join(folder_paths.get_folder_paths(IDENTITY_FOLDER))}.",
+            "Save it there with ConsistentID Save Identity (or copy it there), then press 'r' in ComfyUI.")
+    return path
 
 
 class ConsistentIDSaveIdentity(PackNode):
@@ -189,8 +194,8 @@ class ConsistentIDLoadIdentity(PackNode):
             inputs=[
                 ConsistentID.Input("consistentid", tooltip="From ConsistentID Loader: the identity must have been "
                                                            "encoded with this adapter."),
-                io.Combo.Input("identity_name", options=_identity_files(),
-                               tooltip="An identity file in models/consistentid_identities/."),
+                ModelInput("identity_name", folder_paths.get_filename_list(IDENTITY_FOLDER), _identity_path,
+                           tooltip="An identity file in models/consistentid_identities/."),
             ],
             outputs=[Identity.Output(display_name="identity")],
         )
@@ -198,13 +203,7 @@ class ConsistentIDLoadIdentity(PackNode):
     @classmethod
     def execute(cls, consistentid, identity_name) -> io.NodeOutput:
         with cls.running(identity_name=identity_name):
-            path = folder_paths.get_full_path(IDENTITY_FOLDER, identity_name)
-            if path is None:
-                raise WeightFileError(
-                    f"Identity file '{identity_name}' was not found in "
-                    f"{' or '.join(folder_paths.get_folder_paths(IDENTITY_FOLDER))}.",
-                    "Save it there with ConsistentID Save Identity (or copy it there), then press 'r' in ComfyUI.")
-            identity = load_identity(path)
+            identity = load_identity(_identity_path(identity_name))
             check_adapter(identity, consistentid.weights.arch, consistentid.projection_sha256(),
                           consistentid.weights.name)
             return io.NodeOutput(identity)

@@ -27,6 +27,10 @@ CHECKED_AT_EXECUTE = {
                             face="highest score", face_index=0, combine="median", on_no_face="error"),
                        "[ConsistentID · ConsistentID Face Encode] combine is 'median', which is not one of its "
                        "values: 'average', 'concatenate'. Fix: Set combine to one of these values."),
+    "identity file missing": ("nodes.identity_nodes", "ConsistentIDLoadIdentity",
+                              dict(consistentid=None, identity_name="nobody.safetensors"),
+                              "[ConsistentID · ConsistentID Load Identity] Identity file 'nobody.safetensors' was "
+                              "not found in "),
     "blend weight 1.5": ("nodes.identity_nodes", "ConsistentIDBlendIdentities",
                          dict(identity_a=None, identity_b=None, weight=1.5),
                          "[ConsistentID · ConsistentID Blend Identities] weight is 1.5; it must be a number from "
