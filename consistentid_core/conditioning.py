@@ -18,11 +18,8 @@ import torch
 
 from .facial_encoder import FacialEncoder
 from .prompt import CONTEXT_LENGTH, FacialPrompt, build_facial_prompt, literal_ids, standard_ids
-from .regions import REGION_KEYWORD, RegionFeatures
+from .regions import REGION_KEYWORD, REGION_PARTS, RegionFeatures
 from .tokenizer import ClipBPE
-
-# The keys of ``region_weights``: the caption keyword of each region, in slot order.
-REGION_PARTS = tuple(dict.fromkeys(REGION_KEYWORD.values()))
 
 # token ids per text encoder ("l", and "g" for SDXL) → (embeddings [1, 77, D], pooled output). As in the
 # host, the pooled output is the last encoder's row at the first EOS of its ids, or at its last row if none.

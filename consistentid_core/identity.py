@@ -16,9 +16,9 @@ import torch
 from .errors import ConsistentIDError, ModelMismatchError
 from .face_id import FaceIDResult, id_vectors
 from .projection import ProjPlus, id_tokens
-from .regions import REGION_KEYWORD, RegionFeatures
+from .regions import REGION_KEYWORD, REGION_PARTS, RegionFeatures
+from .unet_layout import ARCH_NAMES
 
-PARTS = ("face", "eyes", "ears", "nose", "mouth")  # slot order
 COMBINE = ("average", "concatenate")
 FACE_COLUMNS = 6  # x1, y1, x2, y2, detector score, index in the detector's list; NaN where no face was found
 
@@ -37,16 +37,8 @@ class Identity:
         return self.source["base_model"]
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def image_sha256(rgb: np.ndarray) -> str:
-    return sha256(f"{rgb.shape}".encode() + np.ascontiguousarray(rgb).tobytes())
-
-
-def _part(name: str) -> str:
-    return REGION_KEYWORD[name]
+    return hashlib.sha256(f"{rgb.shape}".encode() + np.ascontiguousarray(rgb).tobytes()).hexdigest()
 
 
 def combine_regions(per_photo: Sequence[RegionFeatures]) -> RegionFeatures:
@@ -56,13 +48,11 @@ def combine_regions(per_photo: Sequence[RegionFeatures]) -> RegionFeatures:
     names: dict[str, str] = {}
     for regions in per_photo:
         for name, features in zip(regions.names, regions.features):
-            names.setdefault(_part(name), name)
-            found.setdefault(_part(name), []).append(features)
-    parts = [part for part in PARTS if part in found]
-    zero = per_photo[0].zero_features
-    features = [torch.stack(found[part]).mean(0) for part in parts]
-    return RegionFeatures([names[part] for part in parts],
-                          torch.stack(features) if features else zero.new_zeros(0, *zero.shape), zero)
+            names.setdefault(REGION_KEYWORD[name], name)
+            found.setdefault(REGION_KEYWORD[name], []).append(features)
+    parts = [part for part in REGION_PARTS if part in found]
+    return RegionFeatures.stacked([names[part] for part in parts],
+                                  [torch.stack(found[part]).mean(0) for part in parts], per_photo[0].zero_features)
 
 
 def combine_tokens(cond_tokens: torch.Tensor, combine: str) -> torch.Tensor:
@@ -94,16 +84,15 @@ def encode_identity(projection: ProjPlus, faces: Sequence[FaceIDResult], clip_hi
 
 def check_adapter(identity: Identity, arch: str, adapter_hash: str, adapter_name: str) -> None:
     """Refuse an identity made with another adapter: its tokens are that adapter's projection of the face."""
-    arch_names = {"sd15": "SD1.5", "sdxl": "SDXL"}
     if identity.arch != arch:
         raise ModelMismatchError(
-            f"The identity was encoded for {arch_names.get(identity.arch, identity.arch)} (with "
-            f"'{identity.source.get('adapter', '?')}'), but the ConsistentID model is {arch_names[arch]} "
+            f"The identity was encoded for {ARCH_NAMES.get(identity.arch, identity.arch)} (with "
+            f"'{identity.source.get('adapter', '?')}'), but the ConsistentID model is {ARCH_NAMES[arch]} "
             f"('{adapter_name}').",
             "Encode the photos again with this ConsistentID model, or load the adapter the identity was made with.")
     if identity.source.get("adapter_sha256") != adapter_hash:
         raise ModelMismatchError(
-            f"The identity was encoded with another {arch_names[arch]} ConsistentID adapter "
+            f"The identity was encoded with another {ARCH_NAMES[arch]} ConsistentID adapter "
             f"('{identity.source.get('adapter', '?')}', projection hash "
             f"{identity.source.get('adapter_sha256', '?')[:12]}…) than '{adapter_name}' ({adapter_hash[:12]}…); "
             "its face-ID tokens belong to that adapter.",
@@ -133,10 +122,10 @@ def blend(a: Identity, b: Identity, weight: float) -> Identity:
     mixed = lambda x, y: torch.lerp(y, x.to(y), weight)  # noqa: E731
     # By position, not by object: the same identity may be connected to both inputs.
     shares = ((a, weight), (b, 1.0 - weight))
-    sides: dict[str, dict[int, tuple[str, torch.Tensor]]] = {part: {} for part in PARTS}
+    sides: dict[str, dict[int, tuple[str, torch.Tensor]]] = {part: {} for part in REGION_PARTS}
     for side, (identity, _) in enumerate(shares):
         for name, features in zip(identity.regions.names, identity.regions.features):
-            sides[_part(name)][side] = (name, features)
+            sides[REGION_KEYWORD[name]][side] = (name, features)
     names, features = [], []
     for part, found in sides.items():
         if len(found) == 2:
@@ -155,6 +144,5 @@ def blend(a: Identity, b: Identity, weight: float) -> Identity:
     source.update(blend=f"{weight:g}·A + {1 - weight:g}·B",
                   images_sha256=",".join(i.source.get("images_sha256", "") for i in taking_part))
     return Identity(mixed(a.cond_tokens, b.cond_tokens), mixed(a.uncond_tokens, b.uncond_tokens),
-                    RegionFeatures(names, torch.stack(features) if features else zero.new_zeros(0, *zero.shape),
-                                   zero),
+                    RegionFeatures.stacked(names, features, zero),
                     torch.cat([i.arcface for i in taking_part]), torch.cat([i.faces for i in taking_part]), source)

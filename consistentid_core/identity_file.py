@@ -8,7 +8,6 @@ Tensors: ``cond_tokens`` (absent when no face was found), ``uncond_tokens``, ``a
 import json
 import os
 
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -61,8 +60,7 @@ def load_identity(path: str) -> Identity:
             tensors = {key: f.get_tensor(key) for key in f.keys()}
         names = json.loads(metadata["regions"])
         features = [tensors[_REGION + region] for region in names]
-        zero = tensors["zero_features"]
-        regions = RegionFeatures(names, torch.stack(features) if features else zero.new_zeros(0, *zero.shape), zero)
+        regions = RegionFeatures.stacked(names, features, tensors["zero_features"])
         source = {key: value for key, value in metadata.items() if key != "regions"}
         return Identity(tensors.get("cond_tokens"), tensors["uncond_tokens"], regions, tensors["arcface"],
                         tensors["faces"], source)

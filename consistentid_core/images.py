@@ -24,6 +24,13 @@ def check_size(height: int, width: int) -> None:
         )
 
 
+def check_same_photos(photos: int, other: int, what: str) -> None:
+    """Refuse per-photo data ``what`` (e.g. "the face regions") that came from another number of photos."""
+    if photos != other:
+        raise InputImageError(f"The image batch has {photos} image(s) but {what} come from {other}.",
+                              "Connect the same image to ConsistentID Face Parse and to this node.")
+
+
 def to_rgb_uint8(image: torch.Tensor) -> np.ndarray:
     """One ComfyUI image ``[H, W, C]`` (float 0..1) as an RGB ``uint8`` array ``[H, W, 3]``.
 

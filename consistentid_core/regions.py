@@ -37,6 +37,8 @@ REGION_KEYWORD = {
     "Upper_Lip": "mouth", "Lower_Lip": "mouth",
 }
 
+# The region parts, as the caption names them, in slot order: face, eyes, ears, nose, mouth.
+REGION_PARTS = tuple(dict.fromkeys(REGION_KEYWORD.values()))
 MAX_SLOTS = 5
 CLIP_SIZE = 224
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
@@ -56,6 +58,14 @@ class RegionFeatures:
     names: list[str]  # kept region names, slot order
     features: torch.Tensor  # [len(names), 257, 1280] penultimate CLIP-H states of each region composite
     zero_features: torch.Tensor  # [257, 1280] CLIP-H penultimate of the all-zeros normalised image
+
+    @classmethod
+    def stacked(cls, names: list[str], features: Sequence[torch.Tensor],
+                zero_features: torch.Tensor) -> "RegionFeatures":
+        """The regions ``names`` with one ``[257, 1280]`` tensor each (no region at all is an empty set)."""
+        if not features:
+            return cls(names, zero_features.new_zeros(0, *zero_features.shape), zero_features)
+        return cls(names, torch.stack(list(features)), zero_features)
 
     def slots(self, keep: Sequence[str], max_slots: int = MAX_SLOTS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(cond, uncond, slot_mask)``: ``[max_slots, 257, 1280]`` twice and ``[max_slots]`` bool.

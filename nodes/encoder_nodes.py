@@ -4,8 +4,9 @@ import torch
 from comfy_api.latest import io
 
 from ..consistentid_core.checkpoint import check_arch
-from ..consistentid_core.conditioning import REGION_PARTS, Embedding, facial_conditioning
+from ..consistentid_core.conditioning import Embedding, facial_conditioning
 from ..consistentid_core.prompt import DEFAULT_CAPTIONS
+from ..consistentid_core.regions import REGION_PARTS
 from ..consistentid_core.tokenizer import BIGG_PAD_TOKEN, HFClipBPE
 from .common import PackNode, node_schema
 from .managed import compute_dtype, on_device

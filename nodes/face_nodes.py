@@ -8,8 +8,7 @@ import torch
 import comfy.utils
 from comfy_api.latest import io, ui
 
-from ..consistentid_core.errors import InputImageError
-from ..consistentid_core.images import images_from_batch
+from ..consistentid_core.images import check_same_photos, images_from_batch
 from ..consistentid_core.parsing import load_face_parser, parse_labels
 from ..consistentid_core.regions import (LABEL_COLOURS, RegionFeatures, face_regions, mask_at_size,
                                          region_pixels)
@@ -133,11 +132,7 @@ class ConsistentIDRegionEmbed(PackNode):
     def execute(cls, clip_vision, image, face_regions) -> io.NodeOutput:
         with cls.running():
             photos = images_from_batch(image)
-            if len(photos) != len(face_regions):
-                raise InputImageError(
-                    f"The image batch has {len(photos)} image(s) but the face regions come from {len(face_regions)}.",
-                    "Connect the same image to ConsistentID Face Parse and to this node.",
-                )
+            check_same_photos(len(photos), len(face_regions), "the face regions")
             bar = comfy.utils.ProgressBar(len(photos) + 1)
             pixels = []
             for rgb, found in zip(photos, face_regions):

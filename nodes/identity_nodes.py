@@ -1,4 +1,5 @@
 """The identity value: encode reference photos once, save and load it, blend two."""
+import hashlib
 import json
 import os
 
@@ -10,11 +11,11 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..consistentid_core.errors import ConsistentIDError, InputImageError, WeightFileError
-from ..consistentid_core.face_id import FACE_CHOICES, face_ids
-from ..consistentid_core.identity import COMBINE, blend, check_adapter, encode_identity, image_sha256, sha256
+from ..consistentid_core.errors import ConsistentIDError, WeightFileError
+from ..consistentid_core.face_id import FACE_CHOICES, ON_NO_FACE, face_ids
+from ..consistentid_core.identity import COMBINE, blend, check_adapter, encode_identity, image_sha256
 from ..consistentid_core.identity_file import load_identity, save_identity
-from ..consistentid_core.images import images_from_batch
+from ..consistentid_core.images import check_same_photos, images_from_batch
 from ..consistentid_core.regions import clip_pixels
 from ..consistentid_core.tensor_files import tensors_sha256
 from .clip_vision import encode_penultimate, zero_image_features
@@ -23,7 +24,6 @@ from .managed import compute_dtype, on_device
 from .paths import IDENTITY_FOLDER, ModelInput
 from .types import ConsistentID, Identity, InsightFace, RegionEmbeds
 
-ON_NO_FACE = ["error", "zero", "skip"]
 _file_hashes: dict[tuple[str, float], str] = {}  # (path, mtime) -> sha256 of an InsightFace model file
 
 
@@ -31,7 +31,7 @@ def _file_sha256(path: str) -> str:
     key = (path, os.path.getmtime(path))
     if key not in _file_hashes:
         with open(path, "rb") as f:
-            _file_hashes[key] = sha256(f.read())
+            _file_hashes[key] = hashlib.file_digest(f, "sha256").hexdigest()
     return _file_hashes[key]
 
 
@@ -84,7 +84,8 @@ class ConsistentIDFaceEncode(PackNode):
                         "here, once per photo; Apply, the Facial Encoder, Save and Blend take the identity. The "
                         "node shows which face of each photo was used.",
             inputs=[
-                ConsistentID.Input("consistentid", tooltip="From ConsistentID Loader, the adapter the identity is for."),
+                ConsistentID.Input("consistentid",
+                                   tooltip="From ConsistentID Loader, the adapter the identity is for."),
                 io.ClipVision.Input("clip_vision", tooltip="CLIP-ViT-H-14-laion2B-s32B-b79K from Load CLIP Vision."),
                 InsightFace.Input("insightface", tooltip="From ConsistentID InsightFace Loader (or IPAdapter's "
                                                          "InsightFace loader): buffalo_l."),
@@ -101,7 +102,7 @@ class ConsistentIDFaceEncode(PackNode):
                                tooltip="Several photos: average their face-ID tokens into one set (default), or "
                                        "concatenate them so the model attends to every photo's tokens together. "
                                        "Region features are averaged per region over the photos that show it."),
-                io.Combo.Input("on_no_face", options=ON_NO_FACE, default="error",
+                io.Combo.Input("on_no_face", options=list(ON_NO_FACE), default="error",
                                tooltip="When InsightFace finds no face in a photo: stop with an error, use the "
                                        "official zero face embedding (zero), or leave that photo out of the face-ID "
                                        "tokens (skip; with no face at all only the adapter's LoRA applies)."),
@@ -115,10 +116,7 @@ class ConsistentIDFaceEncode(PackNode):
                 on_no_face) -> io.NodeOutput:
         with cls.running(face=face, face_index=face_index, combine=combine, on_no_face=on_no_face):
             photos = images_from_batch(image)
-            if len(photos) != len(region_embeds):
-                raise InputImageError(
-                    f"The image batch has {len(photos)} image(s) but the region embeds come from "
-                    f"{len(region_embeds)}.", "Connect the same image to ConsistentID Face Parse and to this node.")
+            check_same_photos(len(photos), len(region_embeds), "the region embeds")
             sdxl = consistentid.weights.arch == "sdxl"
             bar = comfy.utils.ProgressBar(len(photos) + 1)
             results = face_ids(insightface, photos, on_no_face, det_size=None, bgr_input=sdxl, choose=face,

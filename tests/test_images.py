@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from consistentid_core.errors import InputImageError
-from consistentid_core.images import MIN_SIDE, images_from_batch, to_rgb_uint8
+from consistentid_core.images import MIN_SIDE, check_same_photos, images_from_batch, to_rgb_uint8
 
 
 def comfy_image(path) -> torch.Tensor:
@@ -113,3 +113,11 @@ def test_6000x4000_image_runs_with_bounded_memory():
     assert stats["convert"] < 2 * frame_mb, stats
     assert stats["parse"] < 4 * frame_mb, stats
     assert stats["total"] < 6 * frame_mb, stats
+
+
+def test_per_photo_inputs_from_another_batch_are_refused():
+    check_same_photos(3, 3, "the face regions")
+    with pytest.raises(InputImageError) as err:
+        check_same_photos(2, 1, "the region embeds")
+    assert str(err.value) == ("[ConsistentID] The image batch has 2 image(s) but the region embeds come from 1. "
+                              "Fix: Connect the same image to ConsistentID Face Parse and to this node.")
