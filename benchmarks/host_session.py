@@ -5,6 +5,7 @@ The host's cache decides what re-runs, exactly as on a server; a stand-in for th
 records the executor's messages, whose timestamps give each node's wall time.
 """
 import asyncio
+import inspect
 import sys
 import time
 from collections import defaultdict
@@ -81,23 +82,37 @@ def _intervals(times: list[float]) -> list[float]:
     return [b - a for a, b in zip(times, times[1:])]
 
 
+def classic_executor(execution, server):
+    """The host's ``PromptExecutor`` with the classic cache (``--cache-classic``), on which the benchmark relies:
+    it keeps every node's output while the node stays in the graph, so the one graph of three samplers keeps
+    each branch cached and a queue re-runs only what changed. Newer hosts default to the RAM-pressure cache,
+    which may drop outputs when free RAM runs low, so what re-runs would depend on the machine."""
+    if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
+        # ~0.15 on (0.28.0): each queue reads cache_args["ram"] and ["ram_inactive"] whatever the cache type;
+        # main.py passes 0 for both with --cache-classic.
+        return execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
+                                        cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+    # 0.3.64: cache_size, read by the LRU cache alone.
+    return execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC)
+
+
 class HostSession:
     """Queues API-format prompts one after another on one executor, as the server's worker does."""
 
     def __init__(self, execution, repo: Path):
         import comfy.model_management
-        import comfy.utils
 
         self.execution = execution
         self.server = Recorder()
-        self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC)
+        self.executor = classic_executor(execution, self.server)
         self.mm = comfy.model_management
         self._current: QueueResult | None = None
         self._count = 0
         self._instrument(repo)
-        comfy.utils.set_progress_bar_global_hook(self._progress)
 
     def _instrument(self, repo: Path) -> None:
+        import latent_preview
+
         package = next(name for name, module in sys.modules.items()
                        if Path(getattr(module, "__file__", "") or "/").resolve() == repo / "__init__.py")
         for module_name, names in STAGES.items():
@@ -105,6 +120,7 @@ class HostSession:
             for name, stage in names.items():
                 setattr(module, name, self._timed(getattr(module, name), stage))
         self.mm.load_models_gpu = self._timed_load(self.mm.load_models_gpu)
+        latent_preview.prepare_callback = self._timed_steps(latent_preview.prepare_callback)
 
     def _timed(self, function, stage: str):
         def timed(*args, **kwargs):
@@ -129,10 +145,19 @@ class HostSession:
                         "s": time.perf_counter() - began})
         return timed
 
-    def _progress(self, value, total, preview, node_id=None, **_):
-        # Only the samplers' bars count steps; the pack's own bars run outside KSampler.
-        if self._current is not None and (self.server.node_running() or "").startswith("sampler"):
-            self._current.step_times.append(time.perf_counter())
+    def _timed_steps(self, prepare_callback):
+        """``prepare_callback`` with a clock in the callback it makes: the host's samplers get their per-step
+        callback from it (``nodes.common_ksampler``, SamplerCustom) and the k-diffusion loop calls that once after
+        every step. The progress bar it drives is no clock: newer hosts (0.28.0) send only some of its updates."""
+        def prepare(*args, **kwargs):
+            callback = prepare_callback(*args, **kwargs)
+
+            def timed(*step_args, **step_kwargs):
+                if self._current is not None:
+                    self._current.step_times.append(time.perf_counter())
+                return callback(*step_args, **step_kwargs)
+            return timed
+        return prepare
 
     def queue(self, label: str, prompt: dict, outputs: list[str]) -> QueueResult:
         """Run ``prompt`` up to the nodes ``outputs`` and time what the host executed."""

@@ -307,6 +307,9 @@ def print_table(report: dict) -> None:
         rows += [(f"ops/forward {name}: all", operators[name]["total"]),
                  (f"ops/forward {name}: kernel-launching", operators[name]["kernels"])]
     rows.append(("extra kernel ops per cross-attention", operators["extra_kernels_per_cross_attention"]))
+    in_forward = operators["patched_in_forward"]
+    rows += [("LoRA patched in forward: kernels/forward", in_forward["lora_kernels"]),
+             ("  ratio to plain", in_forward["id_weight_0"]["kernels_ratio"])]
     for label, value in rows:
         print(f"  {label:38s} {value:10.3f}")
     print(f"  second queue (new prompt) ran: {', '.join(report['second_queue']['executed'])}; "

@@ -45,6 +45,10 @@ def test_benchmark_reports_every_figure(smoke):
     assert operators["id_weight_0"]["kernels"] == operators["plain"]["kernels"] > 500
     assert 0 < operators["extra_kernels_per_cross_attention"] <= 4
     assert "ops/forward consistentid: kernel-launching" in printed
+    # Where the host patches weights in the forward, the LoRA costs kernels on every step.
+    in_forward = operators["patched_in_forward"]
+    assert in_forward["lora_kernels"] == in_forward["id_weight_0"]["kernels"] - in_forward["plain"]["kernels"] > 0
+    assert "LoRA patched in forward: kernels/forward" in printed
 
     sampler = report["sampler"]
     for name in ("plain", "consistentid", "id_attention_only"):
