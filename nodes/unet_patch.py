@@ -28,6 +28,7 @@ import math
 
 import torch
 from comfy.ldm.modules.attention import optimized_attention
+from comfy.patcher_extension import CallbacksMP
 from comfy.weight_adapter import LoRAAdapter
 
 from ..consistentid_core.attention import ip_weights, lora_deltas
@@ -38,6 +39,7 @@ from .sampling_step import OPTION_KEY, install_step_tracking
 
 _ARCH_OF_CONTEXT_DIM = {dim: arch for arch, dim in CROSS_ATTENTION_DIM.items()}
 LORA_KEY = "consistentid_lora"  # in model_options: {adapter file: LoRA strength} of the LoRAs merged so far
+CLONE_KEY = "consistentid_face_id"
 
 
 class FaceIDAttention:
@@ -67,14 +69,16 @@ class FaceIDAttention:
         ``[kwargs["sigma_end"], kwargs["sigma_start"]]``."""
         self.added.append((callback, kwargs))
 
-    def __deepcopy__(self, memo):
-        # ModelPatcher.clone() deep-copies model_options: the copy gets its own stack for ``add`` (a pack that
-        # adds to a clone must not change the original), and shares the tensors, which never change.
+    def copy(self) -> "FaceIDAttention":
+        """A copy with a stack of its own for ``add``; the tensors and caches, never changed in place, and the
+        replacement it chains, which nothing stacks onto once it is chained, are shared."""
         copied = copy.copy(self)
-        memo[id(self)] = copied
         copied.added = list(self.added)
-        copied.previous = copy.deepcopy(self.previous, memo)
         return copied
+
+    def __deepcopy__(self, memo):
+        # Hosts before ~0.2x deep-copy model_options in ModelPatcher.clone(); the tensors need no copy.
+        return self.copy()
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         heads = extra_options["n_heads"]
@@ -138,6 +142,22 @@ class FaceIDAttention:
                     "Give one mask for all latents, or one mask per latent of the batch.")
             self._masks[key] = masks.expand(rows, -1).repeat(chunks, 1)[..., None, None].to(q)
         return self._masks[key]
+
+
+def _own_stacks(original, clone) -> None:
+    """ON_CLONE callback: the clone gets its own copy of every FaceIDAttention in its attn2 replacements.
+
+    Packs such as IPAdapter_plus stack onto the replacement they find with ``add``, in place, on a clone of
+    our MODEL. Newer hosts copy model_options with ``comfy.utils.deepcopy_list_dict``, which copies dicts and
+    lists and shares every other object, so without this each re-queue of a graph would stack one more branch
+    onto the patch that the cached upstream MODEL holds."""
+    attn2 = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    copies = {}
+    for key, patch in attn2.items():
+        if isinstance(patch, FaceIDAttention):
+            if id(patch) not in copies:
+                copies[id(patch)] = patch.copy()
+            attn2[key] = copies[id(patch)]
 
 
 def _sigma(extra_options: dict) -> float:
@@ -252,6 +272,8 @@ def apply_to_model(model, weights: ConsistentIDWeights, cond_tokens: torch.Tenso
     tokens = cond_tokens.detach().cpu().reshape(1, -1, cond_tokens.shape[-1])[0]
     # Repeating the negative tokens to the same count leaves their attention output unchanged.
     uncond = uncond_tokens.detach().cpu()[0].repeat(tokens.shape[0] // uncond_tokens.shape[1], 1)
+    patched.remove_callbacks_with_key(CallbacksMP.ON_CLONE, CLONE_KEY)
+    patched.add_callback_with_key(CallbacksMP.ON_CLONE, CLONE_KEY, _own_stacks)
     replaced = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
     id_weights = ip_weights(weights.adapter, weights.arch)
     cross = [p for p in PROCESSORS[weights.arch] if p.kind == "cross"]

@@ -1,18 +1,21 @@
 """The developer environment: set-up and the whole test run (standard library only, runs before any venv).
 
-    python3 tests/dev_env.py setup   # .venv for the unit tests, and a ComfyUI host (idempotent)
-    python3 tests/dev_env.py test    # every test: unit + golden + server in .venv, in-process in the host
+    python3 tests/dev_env.py setup   # .venv for the unit tests, and the ComfyUI hosts (idempotent)
+    python3 tests/dev_env.py test    # every test: unit + golden once, then every host test on each host
 
-The ComfyUI the host tests run against, first match wins:
-1. ``COMFYUI_PATH``;
+The hosts the host tests run on, first match wins:
+1. ``COMFYUI_PATH`` (a developer's own ComfyUI);
 2. the ComfyUI this checkout sits in (cloned into ``ComfyUI/custom_nodes/``);
-3. the source snapshot in ``../shared/host/``, unpacked into ``<cache>/host/``.
+3. two source snapshots from ``../shared/host/``: the oldest ComfyUI the pack supports (:data:`FLOOR`) and the
+   newest snapshot there, each unpacked into ``<cache>/host/<version>/ComfyUI``.
 
-Its Python is ``COMFYUI_PYTHON`` if set, else the venv ``<cache>/host/venv`` that ``setup`` makes once
-(torch 2.14.1 + torchvision 0.29.1, the host's requirements + ``requests``, this pack's requirements and the
-test tools) and updates only when one of those requirement files changes. ``<cache>`` is
-``CONSISTENTID_TEST_CACHE`` (default ``~/.cache/consistentid-tests``), outside the checkout; the generated
-host models are cached there too.
+A host's Python is ``COMFYUI_PYTHON`` if set, else a venv that ``setup`` makes once per host (a snapshot's
+beside it in ``<cache>/host/<version>/venv``, a developer's ComfyUI's in ``<cache>/host/venv``: torch 2.14.1 +
+torchvision 0.29.1, the host's requirements + ``requests``, this pack's requirements and the test tools) and
+updates only when one of those requirement files changes. ``<cache>`` is ``CONSISTENTID_TEST_CACHE`` (default
+``~/.cache/consistentid-tests``), outside the checkout; the generated host models are cached there too, shared
+by the hosts. The test run hands each host to its suites as ``COMFYUI_PATH`` and ``COMFYUI_PYTHON``, so a
+single pytest run with those two set tests that host alone.
 """
 import hashlib
 import os
@@ -20,12 +23,17 @@ import re
 import subprocess
 import sys
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_VENV = REPO / ".venv"
 HOST_TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
-SNAPSHOTS = {"ComfyUI": "ComfyUI-*.tar.gz", "ComfyUI_IPAdapter_plus": "ComfyUI_IPAdapter_plus-*.tar.gz"}
+FLOOR = "0.3.64"  # the oldest ComfyUI the pack supports (pyproject.toml's requires-comfyui)
+# The other packs the stacking tests load beside this one, unpacked into <cache>/host/<name>.
+NEIGHBOURS = {"ComfyUI_IPAdapter_plus": "ComfyUI_IPAdapter_plus-*.tar.gz",
+              "ComfyUI_InstantID": "ComfyUI_InstantID-*.tar.gz"}
+HOST_SNAPSHOT = re.compile(r"ComfyUI-(\d+)\.(\d+)\.(\d+)-[0-9a-f]+\.tar\.gz")
 IN_PROCESS = "tests/host_inprocess"
 # Modules that need most memory each get a Python of their own, so that no process exceeds CI's 10 GB: those that
 # hold a full-size UNet of their own (SDXL: ~9 GB; the official-loop UNet built from its state dict: ~7 GB), and
@@ -36,6 +44,22 @@ OWN_PROCESS = ["tests/host_inprocess/test_sdxl.py", "tests/host_inprocess/test_o
 
 class HostNotFound(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Host:
+    """A ComfyUI the host tests run on, and the Python that runs it."""
+    path: Path
+    python: Path
+
+    @property
+    def version(self) -> str:
+        found = re.search(r'__version__\s*=\s*"([^"]+)"', (self.path / "comfyui_version.py").read_text())
+        return found.group(1) if found else "unknown version"
+
+    @property
+    def title(self) -> str:
+        return f"ComfyUI {self.version}"
 
 
 def unavailable(reason: str):
@@ -59,11 +83,26 @@ def _is_comfyui(path: Path) -> bool:
     return (path / "main.py").is_file() and (path / "comfy").is_dir()
 
 
-def _snapshot_dir(name: str) -> Path:
-    return cache_dir() / "host" / name
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
-def comfyui_path() -> Path:
+def _host_snapshots() -> dict[str, Path]:
+    """The snapshots to test on, by version: the floor and the newest in ``../shared/host/``."""
+    found = {".".join(m.groups()): path for path in (shared_dir() / "host").glob("ComfyUI-*.tar.gz")
+             if (m := HOST_SNAPSHOT.fullmatch(path.name))}
+    if FLOOR not in found:
+        raise HostNotFound(f"No ComfyUI-{FLOOR}-*.tar.gz in {shared_dir() / 'host'} (set CONSISTENTID_SHARED).")
+    newest = max(found, key=_version_key)
+    return {version: found[version] for version in sorted({FLOOR, newest}, key=_version_key)}
+
+
+def _snapshot_root(version: str) -> Path:
+    return cache_dir() / "host" / version
+
+
+def _own_comfyui() -> Path | None:
+    """A developer's ComfyUI: ``COMFYUI_PATH``, or the one this checkout is cloned into."""
     if os.environ.get("COMFYUI_PATH"):
         path = Path(os.environ["COMFYUI_PATH"])
         if not _is_comfyui(path):
@@ -71,45 +110,80 @@ def comfyui_path() -> Path:
         return path
     if REPO.parent.name == "custom_nodes" and _is_comfyui(REPO.parent.parent):
         return REPO.parent.parent
-    path = _snapshot_dir("ComfyUI")
-    if not _is_comfyui(path):
-        raise HostNotFound(f"No ComfyUI found: COMFYUI_PATH is unset, this checkout is not inside "
-                           f"ComfyUI/custom_nodes/, and {path} has not been unpacked. "
-                           f"Run `python3 tests/dev_env.py setup` first.")
-    return path
+    return None
 
 
-def ipadapter_plus_path() -> Path:
-    """cubiq's ComfyUI_IPAdapter_plus, the neighbour pack the composability tests load beside this one."""
-    path = _snapshot_dir("ComfyUI_IPAdapter_plus")
-    if not (path / "IPAdapterPlus.py").is_file():
-        raise HostNotFound(f"{path} has not been unpacked. Run `python3 tests/dev_env.py setup` first.")
-    return path
+def _venv_of(comfyui: Path) -> Path:
+    if comfyui.parent.parent == cache_dir() / "host":
+        return comfyui.parent / "venv"
+    return cache_dir() / "host" / "venv"
+
+
+def _python_of(comfyui: Path) -> Path:
+    if os.environ.get("COMFYUI_PYTHON"):
+        return Path(os.environ["COMFYUI_PYTHON"])
+    return _venv_of(comfyui) / "bin" / "python"
+
+
+def hosts_under_test() -> list[Host]:
+    """Every host the test run covers, oldest first."""
+    own = _own_comfyui()
+    if own is not None:
+        return [Host(own, _python_of(own))]
+    paths = [_snapshot_root(version) / "ComfyUI" for version in _host_snapshots()]
+    for path in paths:
+        if not _is_comfyui(path):
+            raise HostNotFound(f"No ComfyUI found: COMFYUI_PATH is unset, this checkout is not inside "
+                               f"ComfyUI/custom_nodes/, and {path} has not been unpacked. "
+                               f"Run `python3 tests/dev_env.py setup` first.")
+    return [Host(path, _python_of(path)) for path in paths]
+
+
+def comfyui_path() -> Path:
+    """The host of this test session: the run sets ``COMFYUI_PATH`` per host; a bare pytest gets the floor."""
+    return _own_comfyui() or hosts_under_test()[0].path
 
 
 def host_python() -> Path:
-    if os.environ.get("COMFYUI_PYTHON"):
-        return Path(os.environ["COMFYUI_PYTHON"])
-    python = cache_dir() / "host" / "venv" / "bin" / "python"
+    python = _python_of(comfyui_path())
     if not python.is_file():
         raise HostNotFound(f"The host venv {python.parent.parent} does not exist. "
                            f"Run `python3 tests/dev_env.py setup` first.")
     return python
 
 
+def neighbour_path(name: str) -> Path:
+    """One of :data:`NEIGHBOURS`, the packs the stacking tests load beside this one."""
+    path = cache_dir() / "host" / name
+    if not path.is_dir():
+        raise HostNotFound(f"{path} has not been unpacked. Run `python3 tests/dev_env.py setup` first.")
+    return path
+
+
+def ipadapter_plus_path() -> Path:
+    """cubiq's ComfyUI_IPAdapter_plus, the neighbour pack the composability tests load beside this one."""
+    return neighbour_path("ComfyUI_IPAdapter_plus")
+
+
+def _unpack(archive_path: Path, member: str, target: Path) -> None:
+    if target.exists():
+        return
+    partial = target.with_name(target.name + ".partial")
+    with tarfile.open(archive_path) as archive:
+        archive.extractall(partial, filter="data")
+    (partial / member).rename(target)
+    partial.rmdir()
+
+
 def _unpack_snapshots() -> None:
-    for name, pattern in SNAPSHOTS.items():
-        target = _snapshot_dir(name)
-        if target.exists():
-            continue
+    for version, archive in _host_snapshots().items():
+        _snapshot_root(version).mkdir(parents=True, exist_ok=True)
+        _unpack(archive, "ComfyUI", _snapshot_root(version) / "ComfyUI")
+    for name, pattern in NEIGHBOURS.items():
         found = sorted((shared_dir() / "host").glob(pattern))
         if not found:
             raise HostNotFound(f"No {pattern} in {shared_dir() / 'host'} (set CONSISTENTID_SHARED).")
-        partial = target.with_name(target.name + ".partial")
-        with tarfile.open(found[-1]) as archive:
-            archive.extractall(partial, filter="data")
-        (partial / name).rename(target)
-        partial.rmdir()
+        _unpack(found[-1], name, cache_dir() / "host" / name)
 
 
 def _ensure_venv(venv: Path, requirement_files: list[Path], installs: list[list[str]]) -> None:
@@ -133,43 +207,67 @@ def setup() -> None:
     _ensure_venv(DEV_VENV, [requirements], [["-r", str(requirements)], ["--no-deps", "open_clip_torch==3.3.0"]])
     if (shared_dir() / "host").is_dir():
         _unpack_snapshots()
-    comfyui = comfyui_path()
-    if not os.environ.get("COMFYUI_PYTHON"):
-        files = [comfyui / "requirements.txt", REPO / "requirements.txt", REPO / "tests" / "requirements-host.txt"]
-        # The host's requirements name torch/torchvision/torchaudio unpinned: the pins keep the versions.
-        _ensure_venv(cache_dir() / "host" / "venv", files,
-                     [HOST_TORCH, [*HOST_TORCH, "requests", *(a for f in files for a in ("-r", str(f)))]])
-    print(f"host: ComfyUI {comfyui}, Python {host_python()}")
+    for host in hosts_under_test():
+        if not os.environ.get("COMFYUI_PYTHON"):
+            files = [host.path / "requirements.txt", REPO / "requirements.txt",
+                     REPO / "tests" / "requirements-host.txt"]
+            # The host's requirements name torch/torchvision/torchaudio unpinned: the pins keep the versions.
+            _ensure_venv(_venv_of(host.path), files,
+                         [HOST_TORCH, [*HOST_TORCH, "requests", *(a for f in files for a in ("-r", str(f)))]])
+        print(f"host: {host.title} at {host.path}, Python {host.python}")
 
 
 SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
 
 
+def _suites(extra: list[str]) -> list[tuple[str, dict[str, str], list[str]]]:
+    """(title, environment, command) of every pytest session: the host-free tests once, then each host's."""
+    pytest = [str(DEV_VENV / "bin" / "python"), "-m", "pytest"]
+    suites = [("unit and golden tests (.venv)", {}, [*pytest, "--ignore=tests/host", f"--ignore={IN_PROCESS}",
+                                                     *extra])]
+    for host in hosts_under_test():
+        env = {"COMFYUI_PATH": str(host.path), "COMFYUI_PYTHON": str(host.python)}
+        in_host = [str(host.python), "-m", "pytest"]
+        suites += [(f"{host.title}: server tests (.venv)", env, [*pytest, "tests/host", *extra]),
+                   (f"{host.title}: in-process host tests (host Python)", env,
+                    [*in_host, IN_PROCESS, *(f"--ignore={path}" for path in OWN_PROCESS), *extra]),
+                   *((f"{host.title}: in-process {Path(path).stem} (host Python)", env, [*in_host, path, *extra])
+                     for path in OWN_PROCESS)]
+    return suites
+
+
+def _line(totals: dict[str, int]) -> str:
+    failed = totals.get("failed", 0) + totals.get("errors", 0)
+    return f"{totals.get('passed', 0)} passed, {failed} failed, {totals.get('skipped', 0)} skipped"
+
+
 def run_tests(extra: list[str]) -> int:
-    """Every suite, each with its own pytest summary, then one total line."""
-    suites = [("unit, golden and server tests (.venv)", [str(DEV_VENV / "bin" / "python"), "-m", "pytest",
-                                                         f"--ignore={IN_PROCESS}", *extra]),
-              ("in-process host tests (host Python)", [str(host_python()), "-m", "pytest", IN_PROCESS,
-                                                       *(f"--ignore={path}" for path in OWN_PROCESS), *extra]),
-              *((f"in-process {Path(path).stem} (host Python)", [str(host_python()), "-m", "pytest", path, *extra])
-                for path in OWN_PROCESS)]
-    totals: dict[str, int] = {}
+    """Every suite, each with its own pytest summary, then a line per host and one total line."""
+    totals: dict[str, dict[str, int]] = {}
     codes = []
-    for title, command in suites:
+    for title, env, command in _suites(extra):
         print(f"\n===== {title}: {' '.join(command)}", flush=True)
         last = ""
-        with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) as run:
+        with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, **env}) as run:
             for line in run.stdout:
                 sys.stdout.write(line)
                 last = line if line.strip() else last
         # 5: no test selected in this suite (e.g. `-k golden` selects none of the in-process tests).
         codes.append(0 if run.returncode == 5 else run.returncode)
+        group = totals.setdefault(title.split(": ")[0] if env else "host-free", {})
         for count, kind in SUMMARY.findall(last):
             kind = "errors" if kind.startswith("error") else kind
-            totals[kind] = totals.get(kind, 0) + int(count)
-    failed = totals.get("failed", 0) + totals.get("errors", 0)
-    print(f"\n{totals.get('deselected', 0)} deselected (by default only the benchmark smoke; `-m benchmark` runs it)")
-    print(f"total: {totals.get('passed', 0)} passed, {failed} failed, {totals.get('skipped', 0)} skipped")
+            group[kind] = group.get(kind, 0) + int(count)
+    print()
+    for group, counts in totals.items():
+        print(f"{group} tests — {_line(counts)}")
+    overall: dict[str, int] = {}
+    for counts in totals.values():
+        for kind, count in counts.items():
+            overall[kind] = overall.get(kind, 0) + count
+    print(f"{overall.get('deselected', 0)} deselected (by default only the benchmark smoke; `-m benchmark` runs it)")
+    print(f"total: {_line(overall)}")
     return max(codes)
 
 

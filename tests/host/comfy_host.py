@@ -16,6 +16,7 @@ from pathlib import Path
 
 import websocket
 from dev_env import ipadapter_plus_path
+from host_facts import CLASSIC_CACHE_ARGS
 
 REPO = Path(__file__).resolve().parents[2]
 PACK_DIR_NAME = "ComfyUI-ConsistentID"
@@ -88,10 +89,11 @@ class ComfyServer:
         (self.base_dir / "user").mkdir(exist_ok=True)
         # The database is the one thing --base-directory does not move out of the checkout. The UNet and
         # ControlNet weights are kept in fp16, as on a GPU (computed in fp32 on the CPU): in fp32 the ControlNet
-        # workflow holds 10.9 GB, over CI's 10 GB budget; in fp16, 7.1 GB.
+        # workflow holds 10.9 GB, over CI's 10 GB budget; in fp16, 7.1 GB. The tests of what a prompt reuses rely
+        # on the classic node cache, which every host is told to run.
         command = [self.python, "main.py", "--cpu", "--fp16-unet", "--listen", "127.0.0.1",
                    "--port", str(self.port), "--base-directory", str(self.base_dir),
-                   "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}"]
+                   "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}", *CLASSIC_CACHE_ARGS]
         began = time.monotonic()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, cwd=self.comfyui_path, stdout=log, stderr=subprocess.STDOUT,
@@ -139,6 +141,9 @@ class ComfyServer:
         """Where an image of a history entry's ``outputs`` (``filename``, ``subfolder``, ``type``) lies."""
         folder = {"output": self.output_dir, "temp": self.temp_dir, "input": self.input_dir}[image["type"]]
         return folder / image["subfolder"] / image["filename"]
+
+    def version(self) -> str:
+        return self.get("/system_stats")["system"]["comfyui_version"]
 
     def object_info(self) -> dict:
         return self.get("/object_info")

@@ -1,8 +1,10 @@
 """The example workflows on a real ComfyUI, queued through ``/prompt`` as the frontend would.
 
-The graphs are the API twins of ``example_workflows/`` with the generated random-weight models and a
-public-domain photo substituted, and cut down for a CPU: 64x96 px, 2 steps and merge step 0, so step 0
-samples with the text-only prompt and step 1 with the facial one. The images are noise.
+The graphs are the files of ``example_workflows/`` as the running host's frontend queues them, with the
+generated random-weight models and a public-domain photo substituted, and cut down for a CPU: 64x96 px, 2 steps
+and merge step 0, so step 0 samples with the text-only prompt and step 1 with the facial one. The images are
+noise. What a prompt reuses is up to the classic node cache, which the server runs on every host
+(``tests/host_facts.py``): the outputs of the previous prompt's nodes, for those whose inputs are unchanged.
 
 With ``CONSISTENTID_HOST_REPORT_DIR`` set, the basic workflow's per-node times (``node_times.json``), one
 generated image and one FaceParse preview are copied there.
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 import workflows
 from comfy_host import PACK_DIR_NAME, HostError, cached_nodes, executed_nodes, node_seconds
+from dev_env import FLOOR
 from PIL import Image
 from workflows import load_api, node_ids, set_inputs
 
@@ -60,8 +63,10 @@ def server(comfy_server, images_dir):
 
 
 def tiny(server, name: str) -> dict:
-    """The API twin of an example with the generated models, the test photos and CPU sizes."""
-    prompt = load_api(name)
+    """An example as saved, queued by this host's frontend, with the generated models, the test photos and CPU
+    sizes."""
+    ui = json.loads((workflows.UI_DIR / f"{name}.json").read_text())
+    prompt = workflows.ui_to_api(ui, server.object_info())
     for node in prompt.values():
         values = {"ckpt_name": server.model_files["sd15_checkpoint"].name,
                   "control_net_name": server.model_files["controlnet_sd15"].name,
@@ -137,18 +142,36 @@ def test_examples_use_the_official_defaults():
 
 def test_example_files_match_their_definitions(server):
     object_info = server.object_info()
+    floor = workflows.floor_interfaces(object_info)
     regenerate = "out of date: regenerate them with `python tests/host/workflows.py` (see its docstring)"
+    stored = json.loads(workflows.FLOOR_STOCK_NODES.read_text())
+    assert stored["comfyui_version"] == FLOOR
+    if server.version() == FLOOR:  # the stored copy of its stock nodes is the floor's own
+        assert stored["nodes"] == workflows.stock_interfaces(object_info), f"the stored copy is {regenerate}"
     for name, graph in workflows.DEFINITIONS.items():
         ui = json.loads((workflows.UI_DIR / f"{name}.json").read_text())
         api = load_api(name)
-        assert ui == workflows.to_ui(graph, object_info), f"example_workflows/{name}.json is {regenerate}"
-        assert api == workflows.to_api(graph, object_info), f"tests/host/workflows/{name}.json is {regenerate}"
-        # What the frontend queues for the UI file is exactly the API twin.
-        assert workflows.ui_to_api(ui, object_info) == api
+        assert ui == workflows.to_ui(graph, floor), f"example_workflows/{name}.json is {regenerate}"
+        assert api == workflows.to_api(graph, floor), f"tests/host/workflows/{name}.json is {regenerate}"
+        # What the floor's frontend queues for the UI file is exactly the API twin; what this host's queues for
+        # the file as saved is the definition on this host's nodes (its names for untitled nodes included).
+        assert workflows.ui_to_api(ui, floor) == api
+        assert workflows.ui_to_api(ui, object_info) == workflows.to_api(graph, object_info)
     templates = server.get("/workflow_templates")
     assert sorted(templates[PACK_DIR_NAME]) == sorted(workflows.DEFINITIONS)
     served = server.get(f"/api/workflow_templates/{PACK_DIR_NAME}/{BASIC}.json")
     assert served == json.loads((workflows.UI_DIR / f"{BASIC}.json").read_text())
+
+
+def test_a_widget_added_since_the_floor_takes_its_default(server):
+    # A newer host may give a stock node another widget; the frontend sets a saved node's widgets by position,
+    # so the file's values keep their widgets and the new one its default.
+    newer = copy.deepcopy(server.object_info())
+    newer["KSampler"]["input"]["optional"] = {"added": ["FLOAT", {"default": 0.25}]}
+    newer["KSampler"]["input_order"]["optional"] = ["added"]
+    [sampler] = node_ids(load_api(BASIC), "KSampler")
+    queued = workflows.ui_to_api(json.loads((workflows.UI_DIR / f"{BASIC}.json").read_text()), newer)
+    assert queued[sampler]["inputs"] == {**load_api(BASIC)[sampler]["inputs"], "added": 0.25}
 
 
 def test_basic_workflow_saves_an_image(server, basic_run):
@@ -236,8 +259,9 @@ def test_all_in_one_runs_and_keeps_its_face_analysis(server):
 
     second = server.queue(set_inputs(prompt, "ConsistentIDSimple", prompt="A woman, on a beach"))
 
-    # The node expands into 9 granular nodes (ids "<its id>.…"); with a new prompt it expands again and only
-    # FacialEncoder and MergeStepScheduler, the two that read the prompt, run again.
+    # The node expands into 9 granular nodes (ids "<its id>.…"), which all run: the classic cache holds only the
+    # previous prompt's nodes, and these are new. With a new prompt it expands again and only FacialEncoder and
+    # MergeStepScheduler, the two that read the prompt, run again.
     expanded = [[node for node in executed_nodes(run["events"]) if node.startswith(f"{simple}.")]
                 for run in (first, second)]
     assert len(expanded[0]) == 9 and len(expanded[1]) == 2 and set(expanded[1]) < set(expanded[0])

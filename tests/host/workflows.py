@@ -2,10 +2,22 @@
 ``example_workflows/`` (what the ComfyUI frontend opens, with a ``.jpg`` thumbnail) and its API-format
 twin in ``tests/host/workflows/`` (what ``/prompt`` takes, with ``_meta.title`` as the frontend writes it).
 
-Widget order, socket types and defaults come from a running server's ``/object_info``. After changing a
-definition or a node's inputs, regenerate the files with a headless ComfyUI:
+The files follow the oldest ComfyUI the pack supports (``dev_env.FLOOR``, 0.3.64): widget order, socket types,
+outputs and the titles of untitled nodes are its ``/object_info``'s, kept for the stock nodes the examples use in
+``floor_stock_nodes.json`` (the pack's own nodes are read from the running host: they are the same on every host).
+The floor, because a workflow is saved once and opened by every newer host, and ComfyUI keeps loading older
+workflows: the frontends of 0.3.64 (1.27.10) and of 0.28.0 (1.45.21) both set ``widgets_values`` by position and
+leave any widget past the saved ones at its default, and take a node's slots from the file. A file from the floor
+therefore opens on 0.28.0 as on 0.3.64 (untitled nodes take 0.28.0's names, e.g. Canny's "Detect Edges (Canny)"),
+while one saved on 0.28.0 would carry slots 0.3.64's nodes lack (the IMAGE output of PreviewImage and SaveImage).
+``tests/host/test_workflows.py`` checks on every host that the files are those of their definitions at the floor
+and that what the host's frontend queues for a file is what the definition means on that host.
+
+After changing a definition or a node's inputs, regenerate the files with a headless ComfyUI:
 
     .venv/bin/python tests/host/workflows.py   (the host that ``tests/dev_env.py`` finds)
+
+On the floor host this also refreshes ``floor_stock_nodes.json``; on another host it reads the stored copy.
 """
 import copy
 import json
@@ -17,6 +29,7 @@ from typing import NamedTuple
 REPO = Path(__file__).resolve().parents[2]
 UI_DIR = REPO / "example_workflows"
 API_DIR = Path(__file__).resolve().parent / "workflows"
+FLOOR_STOCK_NODES = Path(__file__).resolve().parent / "floor_stock_nodes.json"
 PACK_ID = "consistentid"  # the registry id (pyproject [project] name), so the frontend can name the missing pack
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -297,6 +310,53 @@ size for one person is 512×768; this example is {width}×{height}.""")
 DEFINITIONS = {graph.name: graph for graph in (basic(), inpaint(), controlnet(), all_in_one(), edit_one_region(),
                                                   two_people(), basic(SDXL), all_in_one(SDXL))}
 
+# ------------------------------------------------------------------------------------------- node interfaces
+
+# The options of an input that the conversion reads; the rest (tooltips, ranges, combo choices such as the model
+# files found on the machine) are not stored in the files.
+READ_OPTIONS = ("default", "forceInput", "control_after_generate", "image_upload", "multiline")
+
+
+def _is_stock(info: dict) -> bool:
+    return not info["python_module"].startswith("custom_nodes.")
+
+
+def interface(info: dict) -> dict:
+    """What the conversion reads of a node's ``/object_info`` entry; a combo's type is written ``COMBO``."""
+    def spec(value: list) -> list:
+        options = value[1] if len(value) > 1 else {}
+        return ["COMBO" if isinstance(value[0], list) else value[0],
+                {key: options[key] for key in READ_OPTIONS if key in options}]
+
+    sections = ("required", "optional")
+    return {"display_name": info["display_name"], "python_module": info["python_module"],
+            "input": {part: {name: spec(value) for name, value in info["input"][part].items()}
+                      for part in sections if part in info["input"]},
+            "input_order": {part: info["input_order"][part] for part in sections if part in info["input_order"]},
+            "output": info["output"], "output_name": info["output_name"]}
+
+
+def _used_types() -> set[str]:
+    return {node.type for graph in DEFINITIONS.values() for node in graph.nodes}
+
+
+def stock_interfaces(object_info: dict) -> dict:
+    """The interfaces of the stock nodes the examples use, as the host of ``object_info`` has them."""
+    return {name: interface(object_info[name]) for name in sorted(_used_types()) if _is_stock(object_info[name])}
+
+
+def floor_interfaces(object_info: dict) -> dict:
+    """The interfaces the files are written from: the stock nodes of the floor host (the stored copy) and the
+    pack's nodes from ``object_info``, a running host's."""
+    stock = json.loads(FLOOR_STOCK_NODES.read_text())["nodes"]
+    ours = {name: object_info[name] for name in _used_types() - set(stock)}
+    unstored = sorted(name for name, info in ours.items() if _is_stock(info))
+    if unstored:
+        raise ValueError(f"{FLOOR_STOCK_NODES.name} lacks the stock nodes {unstored}: run this module on the "
+                         "floor host")
+    return {**stock, **{name: interface(info) for name, info in ours.items()}}
+
+
 # ------------------------------------------------------------------------------------------------ conversion
 
 
@@ -404,8 +464,7 @@ def to_ui(graph: Graph, object_info: dict) -> dict:
                 links.append([link, value.node, value.slot, node.id, len(inputs), spec[0]])
                 outputs.setdefault((value.node, value.slot), []).append(link)
             inputs.append({"name": name, "type": spec[0], "link": link})
-        ours = info["python_module"].startswith("custom_nodes.")
-        properties = {"Node name for S&R": node.type, "cnr_id": PACK_ID if ours else "comfy-core"}
+        properties = {"Node name for S&R": node.type, "cnr_id": "comfy-core" if _is_stock(info) else PACK_ID}
         if node.models:
             properties["models"] = [{"name": name, "url": url, "directory": folder}
                                     for name, folder, url in node.models]
@@ -439,7 +498,8 @@ def to_ui(graph: Graph, object_info: dict) -> dict:
 
 
 def ui_to_api(ui: dict, object_info: dict) -> dict:
-    """What the frontend queues for a UI-format workflow (its graphToPrompt, for plain graphs)."""
+    """What the frontend queues for a UI-format workflow (its graphToPrompt, for plain graphs) once it has opened
+    it on the host of ``object_info``: a widget with no saved value (one the host added since) keeps its default."""
     sources = {link[0]: link for link in ui["links"]}
     prompt = {}
     for entry in ui["nodes"]:
@@ -452,10 +512,10 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
         for name, spec in _ordered_inputs(info):
             options = spec[1] if len(spec) > 1 else {}
             if _is_widget(spec):
-                inputs[name] = next(values)
+                inputs[name] = next(values, options.get("default"))
                 for extra in ("control_after_generate", "image_upload"):
                     if options.get(extra):
-                        next(values)
+                        next(values, None)
             elif linked.get(name) is not None:
                 _, node, slot, *_ = sources[linked[name]]
                 inputs[name] = [str(node), slot]
@@ -564,7 +624,8 @@ def render_thumbnail(ui: dict, object_info: dict, width: int = 1600):
 
 
 def write_files(object_info: dict) -> list[Path]:
-    """Write every example's UI file, thumbnail and API twin from its definition."""
+    """Write every example's UI file, thumbnail and API twin from its definition and the node interfaces
+    (:func:`floor_interfaces`)."""
     UI_DIR.mkdir(exist_ok=True)
     API_DIR.mkdir(exist_ok=True)
     written = []
@@ -583,13 +644,18 @@ if __name__ == "__main__":
 
     sys.path.insert(0, str(REPO / "tests"))
     from comfy_host import ComfyServer
-    from dev_env import comfyui_path, host_python
+    from dev_env import FLOOR, comfyui_path, host_python
 
     with tempfile.TemporaryDirectory() as base:
         server = ComfyServer(comfyui_path(), str(host_python()), base)
         server.start()
         try:
-            for path in write_files(server.object_info()):
+            object_info = server.object_info()
+            if server.version() == FLOOR:
+                stored = {"comfyui_version": FLOOR, "nodes": stock_interfaces(object_info)}
+                FLOOR_STOCK_NODES.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
+                print(FLOOR_STOCK_NODES.relative_to(REPO))
+            for path in write_files(floor_interfaces(object_info)):
                 print(path.relative_to(REPO))
         finally:
             server.stop()

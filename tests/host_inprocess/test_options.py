@@ -2,6 +2,7 @@
 passes to the nodes it expands into) get the pack's message there, and a step inside the all-in-one is named
 after it. The same messages at queue time are in ``tests/host/test_options_and_memory.py``."""
 import pytest
+from host_facts import node_class_for
 from model_files import models  # noqa: F401  (fixture)
 
 CHECKED_AT_EXECUTE = {
@@ -71,8 +72,8 @@ def test_a_step_of_the_all_in_one_is_named_after_it(host, pack):
     parse = pack.load("nodes.face_nodes").ConsistentIDFaceParse
     prompt = DynamicPrompt({"7": {"class_type": "ConsistentIDSimple", "inputs": {}}})
     prompt.add_ephemeral_node("7.0.0.4", {"class_type": "ConsistentIDFaceParse", "inputs": {}}, "7", "7")
-    inner = parse.PREPARE_CLASS_CLONE({io.Hidden.unique_id: "7.0.0.4", io.Hidden.dynprompt: prompt})
-    alone = parse.PREPARE_CLASS_CLONE({io.Hidden.unique_id: "7", io.Hidden.dynprompt: prompt})
+    inner = node_class_for(parse, {io.Hidden.unique_id: "7.0.0.4", io.Hidden.dynprompt: prompt})
+    alone = node_class_for(parse, {io.Hidden.unique_id: "7", io.Hidden.dynprompt: prompt})
 
     for node, name in ((inner, "ConsistentID (all in one) › Face Parse"), (alone, "ConsistentID Face Parse")):
         with pytest.raises(pack.errors.ConsistentIDError) as refused:

@@ -31,6 +31,14 @@ def ipadapter_inputs(host, ipadapter_plus, tmp_path_factory):
     return model, clip_vision, image
 
 
+@pytest.fixture(scope="module")
+def ipadapter_patched(host, ipadapter_plus, ipadapter_inputs, base):
+    """IPAdapter_plus's own node run once on the caller's model (its image encode costs ~3.5 GB on a CPU);
+    the tests re-register its patches with ``_ipadapter_again``."""
+    ipadapter, clip_vision, image = ipadapter_inputs
+    return ipadapter_plus.ipadapter_execute(base.clone(), ipadapter, clip_vision, image=image, weight=1.0)[0]
+
+
 def _block(extra_options) -> tuple:
     # SD1.5 has one transformer per block (extra_options["transformer_index"] counts over the whole UNet).
     return tuple(extra_options["block"])
@@ -61,17 +69,14 @@ def _consistentid(pack, model):
     return pack.unet_patch.apply_to_model(model, _weights(pack), *_tokens())
 
 
-def _ipadapter(ipadapter_plus, inputs, model):
-    ipadapter, clip_vision, image = inputs
-    return ipadapter_plus.ipadapter_execute(model.clone(), ipadapter, clip_vision, image=image, weight=1.0)[0]
-
-
-def _ipadapter_again(ipadapter_plus, patched, model):
+def _ipadapter_again(ipadapter_plus, patched, model, weight: float | None = None):
     """IPAdapter_plus's own registration (``set_model_patch_replace``) of the patches ``patched`` holds, onto a
-    clone of ``model``: what its nodes do after encoding the image, which costs ~3.5 GB per call on a CPU."""
+    clone of ``model``, optionally at another ``weight``: what its nodes do after encoding the image. It picks
+    up ``counted``'s IPAdapter function."""
     model = model.clone()
     for key, patch in patched.model_options["transformer_options"]["patches_replace"]["attn2"].items():
-        ipadapter_plus.set_model_patch_replace(model, patch.kwargs[0], key)
+        kwargs = patch.kwargs[0] if weight is None else {**patch.kwargs[0], "weight": weight}
+        ipadapter_plus.set_model_patch_replace(model, kwargs, key)
     return model
 
 
@@ -83,12 +88,12 @@ def _run(host, model, calls) -> tuple[torch.Tensor, dict]:
 
 
 def test_consistentid_and_ipadapter_plus_both_run_in_either_order(host, pack, base, ipadapter_plus,
-                                                                   ipadapter_inputs, counted):
+                                                                   ipadapter_patched, counted):
     ours, ours_calls = _run(host, _consistentid(pack, base), counted)
     assert len(ours_calls["consistentid"]) == 16 and ours_calls["ipadapter"] == {}
     # Alone, IPAdapter_plus fires in 15 blocks: its SD1.5 middle patch sits at ("middle", 1), which this host
     # never calls (the middle transformer is ("middle", 0)); stacked, it must fire in the same 15.
-    theirs_model = _ipadapter(ipadapter_plus, ipadapter_inputs, base)
+    theirs_model = _ipadapter_again(ipadapter_plus, ipadapter_patched, base)
     theirs, theirs_calls = _run(host, theirs_model, counted)
     assert len(theirs_calls["ipadapter"]) == 15 and ("middle", 0) not in theirs_calls["ipadapter"]
     for stacked in (_ipadapter_again(ipadapter_plus, theirs_model, _consistentid(pack, base)),
@@ -96,6 +101,23 @@ def test_consistentid_and_ipadapter_plus_both_run_in_either_order(host, pack, ba
         both, both_calls = _run(host, stacked, counted)
         assert both_calls == {"consistentid": ours_calls["consistentid"], "ipadapter": theirs_calls["ipadapter"]}
         assert not torch.allclose(both, ours) and not torch.allclose(both, theirs)
+
+
+def test_requeued_with_another_ipadapter_weight_each_block_keeps_one_branch(host, pack, base, ipadapter_plus,
+                                                                           ipadapter_patched, counted):
+    """Re-queueing ConsistentID → IPAdapter_plus with IPAdapter's weight changed: the host keeps Apply's MODEL
+    cached and IPAdapter_plus stacks onto a clone of it again, with ``add``. Each run must equal a fresh one,
+    with one IPAdapter branch per block, and the cached MODEL must stay as Apply made it."""
+    theirs, cached = ipadapter_patched, _consistentid(pack, base)
+    for weight in (1.0, 0.5, 0.8, 1.0):
+        requeued, requeued_calls = _run(host, _ipadapter_again(ipadapter_plus, theirs, cached, weight), counted)
+        fresh, fresh_calls = _run(host, _ipadapter_again(ipadapter_plus, theirs, _consistentid(pack, base), weight),
+                                  counted)
+        assert requeued_calls == fresh_calls, weight
+        assert set(requeued_calls["ipadapter"].values()) == {1} and len(requeued_calls["ipadapter"]) == 15, weight
+        assert torch.equal(requeued, fresh), weight
+    attn2 = cached.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert {len(patch.added) for patch in attn2.values()} == {0}
 
 
 class _StandIn:
