@@ -39,7 +39,7 @@ IN_PROCESS = "tests/host_inprocess"
 # hold a full-size UNet of their own (SDXL: ~9 GB; the official-loop UNet built from its state dict: ~7 GB), and
 # the IPAdapter_plus stacking (~9 GB: IPAdapter_plus's CLIP encodes keep several GB on a CPU).
 OWN_PROCESS = ["tests/host_inprocess/test_sdxl.py", "tests/host_inprocess/test_official_sampling.py",
-               "tests/host_inprocess/test_with_ipadapter.py"]
+               "tests/host_inprocess/test_with_ipadapter.py", "tests/host_inprocess/test_with_instantid.py"]
 
 
 class HostNotFound(RuntimeError):

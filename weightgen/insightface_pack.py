@@ -115,15 +115,18 @@ def _recogniser(seed: int) -> onnx.ModelProto:
     return g.model("w600k_r50", [crop], [output])
 
 
+def write_pack(models_dir: Path, name: str, with_face: bool = True, seed: int = 0,
+               files: tuple[str, str] = ("det_10g.onnx", "w600k_r50.onnx")) -> Path:
+    """Write the pack ``insightface/models/<name>/``: the detector and the recogniser under ``files``'
+    names (insightface routes them by signature, so other packs' names, e.g. antelopev2's, work too)."""
+    pack = Path(models_dir) / "insightface" / "models" / name
+    pack.mkdir(parents=True, exist_ok=True)
+    onnx.save(_detector(with_face), pack / files[0])
+    onnx.save(_recogniser(seed), pack / files[1])
+    return pack
+
+
 def write_packs(models_dir: Path, seed: int = 0) -> dict[str, Path]:
     """Write ``insightface/models/buffalo_l/`` and a ``buffalo_l_noface/`` whose detector never fires."""
-    root = Path(models_dir) / "insightface" / "models"
-    written = {}
-    for key, name, with_face in (("insightface_buffalo_l", "buffalo_l", True),
-                                 ("insightface_noface", "buffalo_l_noface", False)):
-        pack = root / name
-        pack.mkdir(parents=True, exist_ok=True)
-        onnx.save(_detector(with_face), pack / "det_10g.onnx")
-        onnx.save(_recogniser(seed), pack / "w600k_r50.onnx")
-        written[key] = pack
-    return written
+    return {"insightface_buffalo_l": write_pack(models_dir, "buffalo_l", True, seed),
+            "insightface_noface": write_pack(models_dir, "buffalo_l_noface", False, seed)}
