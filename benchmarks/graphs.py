@@ -72,14 +72,14 @@ def workflow(files: Files, settings: Settings, image: str, seeds: dict[str, int]
     for key, apply, lora_strength in (("consistentid", "apply", 1.0), ("id_attention_only", "apply_id", 0.0)):
         merge = f"merge_{apply}"
         # The official merge step (30 of 50) scaled to a shorter warm-up schedule.
-        merge_step = settings.merge_step if steps[key] == settings.steps else steps[key] * 3 // 5
+        merge_step = settings.merge_step if steps[key] == settings.steps else min(steps[key] * 3 // 5, steps[key] - 2)
         graph[apply] = {"class_type": "ConsistentIDApply", "inputs": {
             "model": ["ckpt", 0], "consistentid": ["cid", 0], "identity": ["identity", 0], "weight": 1.0,
             "lora_strength": lora_strength, "start_at": 0.0, "end_at": 1.0}}
-        graph[merge] = {"class_type": "ConsistentIDMergeStepScheduler", "inputs": {
-            "model": [apply, 0], "text_only": ["encode", 0], "facial": ["encode", 1], "merge_step": merge_step,
-            "steps": steps[key], "scheduler": settings.scheduler}}
-        graph.update(_sampler(key, [merge, 0], [merge, 1], ["encode", 2], settings, seeds, steps))
+        graph[merge] = {"class_type": "ConsistentIDMergeStep", "inputs": {
+            "text_only": ["encode", 0], "facial": ["encode", 1], "merge_step": merge_step, "steps": steps[key],
+            "scheduler": settings.scheduler}}
+        graph.update(_sampler(key, [apply, 0], [merge, 0], ["encode", 2], settings, seeds, steps))
     return graph
 
 

@@ -28,7 +28,9 @@ except ImportError:  # reported when the client connects, after --help and the a
 DEFAULT_WORKFLOW = Path(__file__).resolve().parent / "consistentid_sd15_basic.json"
 # The nodes of the basic example whose inputs the options set; each must be in the workflow exactly once.
 REQUIRED = ("CheckpointLoaderSimple", "ConsistentIDApply", "ConsistentIDFaceEncode", "ConsistentIDFacialEncoder",
-            "ConsistentIDMergeStepScheduler", "EmptyLatentImage", "KSampler", "SaveImage")
+            "EmptyLatentImage", "KSampler", "SaveImage")
+# The merge node: ConsistentID Merge Step, or in exports made before it its predecessor (same settings).
+MERGE = ("ConsistentIDMergeStep", "ConsistentIDMergeStepScheduler")
 
 
 class ClientError(Exception):
@@ -116,11 +118,11 @@ class Server:
             raise ClientError(f"No websocket at {self.url}/ws ({err}).") from None
 
 
-def _only(prompt: dict, class_type: str) -> str:
-    ids = [node_id for node_id, node in prompt.items() if node["class_type"] == class_type]
+def _only(prompt: dict, *class_types: str) -> str:
+    ids = [node_id for node_id, node in prompt.items() if node["class_type"] in class_types]
     if len(ids) != 1:
-        raise ClientError(f"The workflow has {len(ids)} {class_type} nodes; the client needs exactly one. "
-                          "Use the pack's basic example (the default) or an API export shaped like it.")
+        raise ClientError(f"The workflow has {len(ids)} {' or '.join(class_types)} nodes; the client needs exactly "
+                          "one. Use the pack's basic example (the default) or an API export shaped like it.")
     return ids[0]
 
 
@@ -129,16 +131,18 @@ def build_prompt(workflow: dict, photo: str, seed: int, args: argparse.Namespace
     against the photo added."""
     prompt = json.loads(json.dumps(workflow))
     ids = {class_type: _only(prompt, class_type) for class_type in REQUIRED}
+    ids["merge"] = _only(prompt, *MERGE)
     inputs = {class_type: prompt[node_id]["inputs"] for class_type, node_id in ids.items()}
     face = inputs["ConsistentIDFaceEncode"]
     prompt[face["image"][0]]["inputs"]["image"] = photo
-    merge = inputs["ConsistentIDMergeStepScheduler"]
+    merge = inputs["merge"]
     if args.steps is not None and args.merge_step is None:
-        merge["merge_step"] = round(merge["merge_step"] * args.steps / merge["steps"])
+        # The facial prompt needs a step after the merge step.
+        merge["merge_step"] = min(round(merge["merge_step"] * args.steps / merge["steps"]), args.steps - 2)
     settings = {
         "KSampler": {"seed": seed, "steps": args.steps, "cfg": args.cfg},
         # The scheduler must plan the same steps as the sampler.
-        "ConsistentIDMergeStepScheduler": {"steps": args.steps, "merge_step": args.merge_step},
+        "merge": {"steps": args.steps, "merge_step": args.merge_step},
         "ConsistentIDFacialEncoder": {"prompt": args.prompt, "negative_prompt": args.negative},
         "EmptyLatentImage": {"width": args.width, "height": args.height, "batch_size": 1},
         "ConsistentIDApply": {"weight": args.weight},

@@ -17,7 +17,7 @@ class ConsistentIDApply(PackNode):
             display_name="ConsistentID Apply",
             description="Patches a copy of the MODEL with ConsistentID: merges the adapter's LoRA into every "
                         "attention layer and adds the identity's 4 face-ID tokens through extra cross-attention. "
-                        "Connect its MODEL to ConsistentID Merge Step Scheduler, whose MODEL goes to the sampler. "
+                        "Sample with its MODEL and ConsistentID Merge Step's positive. "
                         "Moving a slider here re-runs no face analysis: that happened in Face Encode. Two Applies "
                         "with two identities and two masks put two people in one picture (the LoRA is merged once).",
             inputs=[

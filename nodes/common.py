@@ -65,8 +65,10 @@ class PackNode(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, **values) -> bool:
-        # Raised, not returned: the host repeats a returned message once per input (each marked as the culprit),
-        # while a raised one is reported once, on this node.
+        # Taking **values switches off the host's own min/max and combo checks of every input (execution.py skips
+        # them for a validator with **kwargs): input_problem replaces them, with the pack's message naming the
+        # node and the fix (tests/host/test_options_and_memory.py). Raised, not returned: the host repeats a
+        # returned message once per input (each marked as the culprit), while a raised one is reported once.
         cls.check(**values)
         return True
 

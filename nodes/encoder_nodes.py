@@ -55,7 +55,7 @@ class ConsistentIDFacialEncoder(PackNode):
                         "text-only (used up to the merge step), facial (the words face, ears, eyes, nose and "
                         "mouth of a 'Detail:' caption fused with their region features) and the negative "
                         "(fused with empty-image features, as the official pipeline does). Feed text-only and "
-                        "facial to ConsistentID Merge Step Scheduler, the negative to the sampler. The five region "
+                        "facial to ConsistentID Merge Step, the negative to the sampler. The five region "
                         "weights strengthen, soften or leave out one region's features (1 = official).",
             inputs=[
                 ConsistentID.Input("consistentid", tooltip="From ConsistentID Loader."),

@@ -30,8 +30,12 @@ _file_hashes: dict[tuple[str, float], str] = {}  # (path, mtime) -> sha256 of an
 def _file_sha256(path: str) -> str:
     key = (path, os.path.getmtime(path))
     if key not in _file_hashes:
+        digest = hashlib.sha256()
         with open(path, "rb") as f:
-            _file_hashes[key] = hashlib.file_digest(f, "sha256").hexdigest()
+            # In chunks, not hashlib.file_digest: that needs Python 3.11, and the pack runs on 3.10.
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        _file_hashes[key] = digest.hexdigest()
     return _file_hashes[key]
 
 

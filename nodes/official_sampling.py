@@ -82,12 +82,11 @@ class ConsistentIDOfficialSampling(PackNode):
                         "SamplerCustom (or CFGGuider + SamplerCustomAdvanced) and the euler sampler. Not needed "
                         "for good pictures: KSampler's own schedulers remain the default.",
             inputs=[
-                io.Model.Input("model", tooltip="The MODEL to sample with, e.g. from ConsistentID Merge Step "
-                                                "Scheduler; it is cloned, never changed."),
+                io.Model.Input("model", tooltip="The MODEL to sample with, e.g. from ConsistentID Apply; it is "
+                                                "cloned, never changed."),
                 io.Int.Input("steps", default=50, min=1, max=10000,
                              tooltip="Sampling steps; the official demo uses 50 (with merge_step 30). Set "
-                                     "Merge Step Scheduler's steps to the same value and its scheduler to "
-                                     "'normal'."),
+                                     "Merge Step's steps to the same value and its scheduler to 'normal'."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Sigmas.Output(display_name="sigmas")],
         )

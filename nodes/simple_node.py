@@ -1,7 +1,7 @@
 """One node for beginners: the whole ConsistentID graph behind a single box.
 
 It expands into the granular nodes (loaders, FaceParse, RegionEmbed, FaceEncode, FacialEncoder, Apply,
-MergeStepScheduler) instead of calling them, so the host caches each part on its own: changing
+Merge Step) instead of calling them, so the host caches each part on its own: changing
 the prompt or the seed re-runs neither face parsing nor InsightFace nor CLIP vision.
 """
 from comfy_api.latest import io
@@ -55,7 +55,7 @@ class ConsistentIDSimple(PackNode):
                                tooltip="Strength of the face-ID tokens (official 1.0)."),
                 io.Int.Input("merge_step", default=30, min=0, max=10000,
                              tooltip="Last step using the prompt without facial features (official 30 of 50)."),
-                io.Int.Input("steps", default=50, min=1, max=10000, tooltip="Set the same steps as the KSampler."),
+                io.Int.Input("steps", default=50, min=2, max=10000, tooltip="Set the same steps as the KSampler."),
                 io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
                                tooltip="Set the same scheduler as the KSampler."),
             ],
@@ -89,9 +89,9 @@ class ConsistentIDSimple(PackNode):
                              identity=identity.out(0), prompt=prompt, negative_prompt=negative_prompt, caption="")
         patched = graph.node("ConsistentIDApply", model=model, consistentid=adapter.out(0), identity=identity.out(0),
                              weight=weight, lora_strength=1.0, start_at=0.0, end_at=1.0)
-        merged = graph.node("ConsistentIDMergeStepScheduler", model=patched.out(0), text_only=encoded.out(0),
-                            facial=encoded.out(1), merge_step=merge_step, steps=steps, scheduler=scheduler)
-        return io.NodeOutput(merged.out(0), merged.out(1), encoded.out(2), expand=graph.finalize())
+        merged = graph.node("ConsistentIDMergeStep", text_only=encoded.out(0), facial=encoded.out(1),
+                            merge_step=merge_step, steps=steps, scheduler=scheduler)
+        return io.NodeOutput(patched.out(0), merged.out(0), encoded.out(2), expand=graph.finalize())
 
 
 NODES = [ConsistentIDSimple]

@@ -28,18 +28,19 @@ import math
 
 import torch
 from comfy.ldm.modules.attention import optimized_attention
-from comfy.patcher_extension import CallbacksMP
+from comfy.patcher_extension import CallbacksMP, WrappersMP
 from comfy.weight_adapter import LoRAAdapter
 
 from ..consistentid_core.attention import ip_weights, lora_deltas
 from ..consistentid_core.checkpoint import RELEASE_FILES, ConsistentIDWeights
 from ..consistentid_core.errors import ConsistentIDError, ModelMismatchError, message
 from ..consistentid_core.unet_layout import ARCH_NAMES, CROSS_ATTENTION_DIM, PROCESSORS
-from .sampling_step import OPTION_KEY, install_step_tracking
+from .merge_step import watch_runs
 
 _ARCH_OF_CONTEXT_DIM = {dim: arch for arch, dim in CROSS_ATTENTION_DIM.items()}
 LORA_KEY = "consistentid_lora"  # in model_options: {adapter file: LoRA strength} of the LoRAs merged so far
 CLONE_KEY = "consistentid_face_id"
+SIGMA_KEY = "consistentid_sigma"  # in transformer_options: the sigma of the current model evaluation, a float
 
 
 class FaceIDAttention:
@@ -161,13 +162,19 @@ def _own_stacks(original, clone) -> None:
 
 
 def _sigma(extra_options: dict) -> float:
-    """The sigma of the current model evaluation: the step wrapper's host-side number, so no attention call
-    waits on the device; without the wrapper (a sampler outside ComfyUI's KSAMPLER path) it is read off the
-    device; a UNet called with no sigma at all counts as infinite."""
-    step = extra_options.get(OPTION_KEY)
-    if step is not None:
-        return step.sigma
+    """The sigma of the current model evaluation: :func:`_publish_sigma`'s host-side number, so no attention call
+    waits on the device; without it (a UNet called outside ComfyUI's guider) it is read off the device; a UNet
+    called with no sigma at all counts as infinite."""
+    sigma = extra_options.get(SIGMA_KEY)
+    if sigma is not None:
+        return sigma
     return float(extra_options["sigmas"].max()) if "sigmas" in extra_options else math.inf
+
+
+def _publish_sigma(executor, x, timestep, model_options, seed):
+    """PREDICT_NOISE wrapper: the evaluation's sigma read once, as a plain number for every attention layer."""
+    transformer_options = {**model_options.get("transformer_options", {}), SIGMA_KEY: float(timestep.max())}
+    return executor(x, timestep, {**model_options, "transformer_options": transformer_options}, seed)
 
 
 def _token_grid(latent_shape: list[int], tokens: int) -> tuple[int, int]:
@@ -259,6 +266,7 @@ def apply_to_model(model, weights: ConsistentIDWeights, cond_tokens: torch.Tenso
     if mask is not None:
         mask = _mask_batch(mask)
     patched = model.clone()
+    watch_runs(patched)
     if lora_strength != 0.0:
         _merge_lora(patched, weights, lora_strength)
     if weight == 0.0:
@@ -268,7 +276,8 @@ def apply_to_model(model, weights: ConsistentIDWeights, cond_tokens: torch.Tenso
     sigma_range = None
     if start_at > 0.0 or end_at < 1.0:
         sigma_range = (sampling.percent_to_sigma(start_at), sampling.percent_to_sigma(end_at))
-        install_step_tracking(patched)
+        patched.remove_wrappers_with_key(WrappersMP.PREDICT_NOISE, SIGMA_KEY)
+        patched.add_wrapper_with_key(WrappersMP.PREDICT_NOISE, SIGMA_KEY, _publish_sigma)
     tokens = cond_tokens.detach().cpu().reshape(1, -1, cond_tokens.shape[-1])[0]
     # Repeating the negative tokens to the same count leaves their attention output unchanged.
     uncond = uncond_tokens.detach().cpu()[0].repeat(tokens.shape[0] // uncond_tokens.shape[1], 1)

@@ -91,7 +91,7 @@ def _sd15_layout() -> tuple[dict[str, torch.Tensor], dict[int, str]]:
     tensors = config.process_unet_state_dict_for_saving(model.diffusion_model.state_dict(keep_vars=True))
     tensors.update(config.process_vae_state_dict_for_saving(vae.state_dict(keep_vars=True)))
     tensors.update(config.process_clip_state_dict_for_saving(clip.state_dict(keep_vars=True)))
-    return tensors, _init_kinds(model, vae, clip)
+    return tensors, init_kinds(model, vae, clip)
 
 
 def _controlnet_layout() -> tuple[dict[str, torch.Tensor], dict[int, str]]:
@@ -104,7 +104,7 @@ def _controlnet_layout() -> tuple[dict[str, torch.Tensor], dict[int, str]]:
     with torch.device("meta"):
         model = ControlNet(**config, hint_channels=3, device="meta")
     tensors = {f"control_model.{key}": value for key, value in model.state_dict(keep_vars=True).items()}
-    return tensors, _init_kinds(model)
+    return tensors, init_kinds(model)
 
 
 def _vit_h_layout(comfyui_path: str) -> tuple[dict[str, torch.Tensor], dict[int, str]]:
@@ -113,10 +113,10 @@ def _vit_h_layout(comfyui_path: str) -> tuple[dict[str, torch.Tensor], dict[int,
     config = json.loads((Path(comfyui_path) / "comfy" / "clip_vision_config_h.json").read_text())
     with torch.device("meta"):
         model = CLIPVisionModelWithProjection(CLIPVisionConfig(**config))
-    return model.state_dict(keep_vars=True), _init_kinds(model)
+    return model.state_dict(keep_vars=True), init_kinds(model)
 
 
-def _init_kinds(*modules: torch.nn.Module) -> dict[int, str]:
+def init_kinds(*modules: torch.nn.Module) -> dict[int, str]:
     """How to fill each parameter, keyed by ``id``: names change in the host's converters, objects do not."""
     kinds = {}
     for module in modules:

@@ -27,7 +27,7 @@ import torch
 from consistentid_core.unet_layout import CROSS_ATTENTION_DIM, PROCESSORS
 
 from . import insightface_pack
-from .host_models import _init_kinds, _stream_safetensors, default_cache_dir
+from .host_models import init_kinds, _stream_safetensors, default_cache_dir
 
 # Bump when the files change, so cached copies are regenerated.
 GENERATOR_VERSION = "instantid-1"
@@ -120,7 +120,7 @@ def _controlnet_layout(config: dict) -> tuple[dict[str, torch.Tensor], dict[int,
     unnamed = sorted(set(tensors) - set(names))
     if unnamed:
         raise RuntimeError(f"no diffusers name for {len(unnamed)} ControlNet tensors, e.g. {unnamed[0]}")
-    return {names[key]: value for key, value in tensors.items()}, _init_kinds(model)
+    return {names[key]: value for key, value in tensors.items()}, init_kinds(model)
 
 
 def _diffusers_names(config: dict, model: torch.nn.Module) -> dict[str, str]:

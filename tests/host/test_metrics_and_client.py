@@ -134,7 +134,7 @@ def test_client_sets_the_options_and_adds_facesim():
     assert by_type["LoadImage"]["image"] == "me.png" and by_type["KSampler"]["seed"] == 7
     assert (by_type["KSampler"]["steps"], by_type["KSampler"]["cfg"]) == (10, 5.0)
     # The official 30 of 50 steps, scaled to the 10 asked for.
-    merge = by_type["ConsistentIDMergeStepScheduler"]
+    merge = by_type["ConsistentIDMergeStep"]
     assert (merge["steps"], merge["merge_step"]) == (10, 6)
     assert (by_type["EmptyLatentImage"]["width"], by_type["EmptyLatentImage"]["height"]) == (64, 768)
     assert by_type["ConsistentIDApply"]["weight"] == 0.8 and by_type["ConsistentIDFacialEncoder"]["prompt"] == "A woman"

@@ -26,7 +26,7 @@ BAD_OPTIONS = {
                       "which is not one of its values: 'highest score', 'largest', 'index'."),
     "weight 5": ("ConsistentIDApply", "ConsistentID Apply", "weight", 5.0,
                  "it must be a number from -1.0 to 3.0."),
-    "scheduler bogus": ("ConsistentIDMergeStepScheduler", "ConsistentID Merge Step Scheduler", "scheduler", "bogus",
+    "scheduler bogus": ("ConsistentIDMergeStep", "ConsistentID Merge Step", "scheduler", "bogus",
                         "which is not one of its values: 'simple', 'sgm_uniform', 'karras', 'exponential', "
                         "'ddim_uniform', 'beta', 'normal', 'linear_quadratic', 'kl_optimal'."),
     "parse_size 999": ("ConsistentIDFaceParse", "ConsistentID Face Parse", "parse_size", "999",

@@ -62,10 +62,10 @@ def server(comfy_server, images_dir):
     return comfy_server
 
 
-def tiny(server, name: str) -> dict:
+def tiny(server, name: str, ui_dir: Path = workflows.UI_DIR) -> dict:
     """An example as saved, queued by this host's frontend, with the generated models, the test photos and CPU
     sizes."""
-    ui = json.loads((workflows.UI_DIR / f"{name}.json").read_text())
+    ui = json.loads((ui_dir / f"{name}.json").read_text())
     prompt = workflows.ui_to_api(ui, server.object_info())
     for node in prompt.values():
         values = {"ckpt_name": server.model_files["sd15_checkpoint"].name,
@@ -124,7 +124,7 @@ def test_examples_use_the_official_defaults():
         size = workflows.TWO_PEOPLE_SIZE if stem == TWO_PEOPLE else size
         for node_id in node_ids(prompt, "EmptyLatentImage"):
             assert (prompt[node_id]["inputs"]["width"], prompt[node_id]["inputs"]["height"]) == size
-        [merge] = (prompt[i]["inputs"] for i in _ids(prompt, "ConsistentIDMergeStepScheduler", "ConsistentIDSimple"))
+        [merge] = (prompt[i]["inputs"] for i in _ids(prompt, "ConsistentIDMergeStep", "ConsistentIDSimple"))
         assert (merge["merge_step"], merge["steps"], merge["scheduler"]) == (30, 50, "normal")
         for node_id in node_ids(prompt, "ConsistentIDFaceParse"):
             assert prompt[node_id]["inputs"]["parse_size"] == parse_size
@@ -223,7 +223,7 @@ def test_new_seed_or_prompt_reuses_the_face_analysis(server, basic_run):
 
     assert set(executed_nodes(new_seed["events"])) == _ids(prompt, "KSampler", "VAEDecode", "SaveImage")
     assert set(executed_nodes(new_prompt["events"])) == _ids(
-        prompt, "ConsistentIDFacialEncoder", "ConsistentIDMergeStepScheduler", "KSampler", "VAEDecode", "SaveImage")
+        prompt, "ConsistentIDFacialEncoder", "ConsistentIDMergeStep", "KSampler", "VAEDecode", "SaveImage")
     assert face <= set(cached_nodes(new_seed)) and face <= set(cached_nodes(new_prompt))
 
 
@@ -231,8 +231,9 @@ def test_latent_batch_of_two(server):
     prompt = set_inputs(tiny(server, BASIC), "EmptyLatentImage", batch_size=2)
     paths = saved_images(server, prompt, server.queue(prompt))
     assert len(paths) == 2
-    for path in paths:
-        check_image(path, (WIDTH, HEIGHT))
+    first, second = (check_image(path, (WIDTH, HEIGHT)) for path in paths)
+    # Each latent of the batch gets its own noise: two pictures, not one twice.
+    assert np.abs(first - second).mean() > 1.0
 
 
 def test_inpaint_workflow(server):
@@ -261,11 +262,21 @@ def test_all_in_one_runs_and_keeps_its_face_analysis(server):
 
     # The node expands into 9 granular nodes (ids "<its id>.…"), which all run: the classic cache holds only the
     # previous prompt's nodes, and these are new. With a new prompt it expands again and only FacialEncoder and
-    # MergeStepScheduler, the two that read the prompt, run again.
+    # Merge Step, the two that read the prompt, run again.
     expanded = [[node for node in executed_nodes(run["events"]) if node.startswith(f"{simple}.")]
                 for run in (first, second)]
     assert len(expanded[0]) == 9 and len(expanded[1]) == 2 and set(expanded[1]) < set(expanded[0])
     assert simple in executed_nodes(second["events"])
+
+
+def test_a_workflow_saved_with_the_old_merge_node_runs_as_saved_and_as_the_new_one(server):
+    """``legacy_sd15_basic.json`` is the basic example as saved before ConsistentID Merge Step: its predecessor,
+    Merge Step Scheduler, takes Apply's MODEL and feeds the KSampler's. It still runs, and makes the same image."""
+    old = tiny(server, "legacy_sd15_basic", Path(__file__).parent)
+    assert node_ids(old, "ConsistentIDMergeStepScheduler") and not node_ids(old, "ConsistentIDMergeStep")
+    new = tiny(server, BASIC)
+    [old_image], [new_image] = (saved_images(server, prompt, server.queue(prompt)) for prompt in (old, new))
+    assert np.array_equal(check_image(old_image, (WIDTH, HEIGHT)), check_image(new_image, (WIDTH, HEIGHT)))
 
 
 def test_edit_one_region_workflow(server):
@@ -273,8 +284,11 @@ def test_edit_one_region_workflow(server):
     [encoder] = (prompt[i]["inputs"] for i in node_ids(prompt, "ConsistentIDFacialEncoder"))
     assert (encoder["mouth"], encoder["eyes"], encoder["face"], encoder["ears"], encoder["nose"]) == (
         0.0, 1.3, 1.0, 1.0, 1.0)
-    [path] = saved_images(server, prompt, server.queue(prompt))
-    check_image(path, (WIDTH, HEIGHT))
+    [edited] = saved_images(server, prompt, server.queue(prompt))
+    official = set_inputs(copy.deepcopy(prompt), "ConsistentIDFacialEncoder", mouth=1.0, eyes=1.0)
+    [plain] = saved_images(server, official, server.queue(official))
+    # The region weights reach the picture: the same seed with the official weights gives another one.
+    assert np.abs(check_image(edited, (WIDTH, HEIGHT)) - check_image(plain, (WIDTH, HEIGHT))).mean() > 0.1
 
 
 def test_two_people_workflow(server):

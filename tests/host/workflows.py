@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[2]
 UI_DIR = REPO / "example_workflows"
-API_DIR = Path(__file__).resolve().parent / "workflows"
+API_DIR = UI_DIR / "api"  # not a template folder: the host lists only example_workflows/*.json
 FLOOR_STOCK_NODES = Path(__file__).resolve().parent / "floor_stock_nodes.json"
 PACK_ID = "consistentid"  # the registry id (pyproject [project] name), so the frontend can name the missing pack
 
@@ -126,9 +126,9 @@ Upload a clear photo of **one face** in *Reference face*, write the prompt in *C
 - `insightface/models/buffalo_l/` (det_10g.onnx, w600k_r50.onnx)
 
 Official settings: {o["width"]}×{o["height"]}, {o["steps"]} steps, merge step {o["merge_step"]}, CFG {o["cfg"]:g}, euler /
-normal; face parsing at {base.parse_size}, InsightFace detection at {base.det_size}. Sample with the MODEL of
-*Merge Step Scheduler* and keep its steps and scheduler equal to the KSampler's. Face parsing, InsightFace and
-CLIP vision run once per photo; changing the prompt or the seed reuses them."""
+normal; face parsing at {base.parse_size}, InsightFace detection at {base.det_size}. Sample with *Apply*'s MODEL
+and *Merge Step*'s positive, and keep the Merge Step's steps and scheduler equal to the KSampler's. Face parsing,
+InsightFace and CLIP vision run once per photo; changing the prompt or the seed reuses them."""
 
 
 NOTE = _note(SD15)
@@ -171,10 +171,10 @@ def _identity(g: Graph, base: Base = SD15, **region_weights) -> dict[str, Link]:
                     identity=identity[0], prompt=PROMPT, negative_prompt=NEGATIVE, caption="", **region_weights)
     apply = g.add("ConsistentIDApply", 2, model=ckpt[0], consistentid=adapter[0], identity=identity[0], weight=1.0,
                   lora_strength=1.0, start_at=0.0, end_at=1.0)
-    merge = g.add("ConsistentIDMergeStepScheduler", 2, model=apply[0], text_only=encoder[0], facial=encoder[1],
-                  merge_step=o["merge_step"], steps=o["steps"], scheduler=o["scheduler"])
+    merge = g.add("ConsistentIDMergeStep", 2, text_only=encoder[0], facial=encoder[1], merge_step=o["merge_step"],
+                  steps=o["steps"], scheduler=o["scheduler"])
     g.group("ConsistentID", "#5a3f8a", encoder, apply, merge)
-    return {"model": merge[0], "positive": merge[1], "negative": encoder[2], "vae": ckpt[2]}
+    return {"model": apply[0], "positive": merge[0], "negative": encoder[2], "vae": ckpt[2]}
 
 
 def _sample(g: Graph, column: int, model: Link, positive: Link, negative: Link, latent: Link, vae: Link,
@@ -300,10 +300,10 @@ size for one person is 512×768; this example is {width}×{height}.""")
         negatives.append(encoder[2])
     combined = [g.add("ConditioningCombine", 4, conditioning_1=a, conditioning_2=b)[0]
                 for a, b in (text_only, facial, negatives)]
-    merge = g.add("ConsistentIDMergeStepScheduler", 5, model=model, text_only=combined[0], facial=combined[1],
-                  merge_step=o["merge_step"], steps=o["steps"], scheduler=o["scheduler"])
+    merge = g.add("ConsistentIDMergeStep", 5, text_only=combined[0], facial=combined[1], merge_step=o["merge_step"],
+                  steps=o["steps"], scheduler=o["scheduler"])
     latent = g.add("EmptyLatentImage", 5, width=width, height=height, batch_size=1)
-    _sample(g, 6, merge[0], merge[1], combined[2], latent[0], ckpt[2])
+    _sample(g, 6, model, merge[0], combined[2], latent[0], ckpt[2])
     return g
 
 

@@ -52,7 +52,7 @@ def nodes(pack):
         ("identity_nodes", ["FaceEncode", "SaveIdentity", "LoadIdentity", "BlendIdentities"]),
         ("apply_nodes", ["Apply"]), ("encoder_nodes", ["FacialEncoder"]))
         for name in names}
-    return types.SimpleNamespace(**classes, MergeStepScheduler=pack.merge_step.MergeStepScheduler)
+    return types.SimpleNamespace(**classes, MergeStep=pack.merge_step.ConsistentIDMergeStep)
 
 
 @pytest.fixture(scope="module")
@@ -146,11 +146,11 @@ def sd15(host):
 
 
 def _generate(host, nodes, sd15, consistentid, identity) -> torch.Tensor:
-    """Apply → Facial Encoder → Merge Step Scheduler (text-only at step 0, facial at step 1) → 2 euler steps."""
+    """Apply → Facial Encoder → Merge Step (text-only at step 0, facial at step 1) → 2 euler steps."""
     model = nodes.Apply.execute(sd15.model, consistentid, identity, 1.0, 1.0, 0.0, 1.0).result[0]
     text_only, facial, negative = nodes.FacialEncoder.execute(consistentid, sd15.clip, identity, PROMPT,
                                                               NEGATIVE).result
-    model, positive = nodes.MergeStepScheduler.execute(model, text_only, facial, 0, 2, "normal").result
+    [positive] = nodes.MergeStep.execute(text_only, facial, 0, 2, "normal").result
     latent = torch.zeros(1, 4, 8, 8)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
     return host.sample.sample(model, noise, 2, 5.0, "euler", "normal", positive, negative, latent,

@@ -36,13 +36,13 @@ CHECKED_AT_EXECUTE = {
                          dict(identity_a=None, identity_b=None, weight=1.5),
                          "[ConsistentID · ConsistentID Blend Identities] weight is 1.5; it must be a number from "
                          "0.0 to 1.0."),
-    "scheduler bogus": ("nodes.merge_step", "MergeStepScheduler",
-                        dict(model=None, text_only=[], facial=[], merge_step=12, steps=20, scheduler="bogus"),
-                        "[ConsistentID · ConsistentID Merge Step Scheduler] scheduler is 'bogus', which is not one "
+    "scheduler bogus": ("nodes.merge_step", "ConsistentIDMergeStep",
+                        dict(text_only=[], facial=[], merge_step=12, steps=20, scheduler="bogus"),
+                        "[ConsistentID · ConsistentID Merge Step] scheduler is 'bogus', which is not one "
                         "of its values: 'simple', "),
     "merge_step -1": ("nodes.merge_step", "MergeStepScheduler",
                       dict(model=None, text_only=[], facial=[], merge_step=-1, steps=20, scheduler="normal"),
-                      "[ConsistentID · ConsistentID Merge Step Scheduler] merge_step is -1; it must be a whole "
+                      "[ConsistentID · ConsistentID Merge Step Scheduler (old)] merge_step is -1; it must be a whole "
                       "number from 0 to 10000. Fix: Set merge_step to"),
     "parse_size 999": ("nodes.face_nodes", "ConsistentIDFaceParse",
                        dict(face_parser=None, image=None, parse_size="999"),

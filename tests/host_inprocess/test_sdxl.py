@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from test_unet_patch import FACIAL, NEGATIVE, TEXT, _fingerprints, _record_positive, _tokens, _weights
+from test_unet_patch import FACIAL, NEGATIVE, TEXT, _fingerprints, _prompts, _record_positive, _tokens, _weights
 
 # ComfyUI's SDXL UNet config, as model detection finds it in the released checkpoints.
 SDXL_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
@@ -17,24 +17,32 @@ SDXL_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_
 POOLED = {TEXT: 0.5, FACIAL: 0.25, NEGATIVE: -0.5}  # pooled-output fill of each conditioning
 
 
-@pytest.fixture(scope="module")
-def sdxl(host):
+def random_sdxl(storage_dtype: torch.dtype):
+    """A full-size random SDXL UNet as ModelPatcher, computed in fp32: weights N(0, 0.02), norms 1, biases 0 (as
+    the weight generator fills them, so every block passes its input on), stored in ``storage_dtype``."""
     import comfy.model_detection
     import comfy.model_patcher
+    from weightgen.host_models import init_kinds
 
     config = comfy.model_detection.model_config_from_unet_config(dict(SDXL_UNET))
     assert type(config).__name__ == "SDXL"
-    config.set_inference_dtype(torch.float16, torch.float32)
+    config.set_inference_dtype(storage_dtype, torch.float32)
     model = config.get_model({}, device="cpu")
+    kinds = init_kinds(model)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() > 1:
-                param.normal_(0.0, 0.02, generator=generator)
-            else:
-                param.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
-    yield comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"),
-                                           offload_device=torch.device("cpu"))
+        for param in model.parameters():
+            kind = kinds[id(param)]
+            value = torch.empty(param.shape).normal_(0.0, 0.02, generator=generator) if kind == "normal" else \
+                torch.full(param.shape, float(kind == "ones"))
+            param.copy_(value)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def sdxl(host):
+    """Stored in fp16, as on a GPU."""
+    yield random_sdxl(torch.float16)
     host.mm.unload_all_models()
 
 
@@ -72,6 +80,8 @@ def test_sdxl_patch_fires_70_replacements_merges_560_lora_tensors_and_leaves_the
     out = _sample(host, patched, _cond(TEXT))
     assert torch.isfinite(out).all()
     assert fired == dict.fromkeys(cross, 1)
+    # The face-ID branch reaches the output (a UNet that passes nothing on would hide a patch that does nothing).
+    assert not torch.allclose(out, _sample(host, sdxl, _cond(TEXT)))
 
     host.mm.load_models_gpu([patched])
     loaded = _fingerprints(patched.model)
@@ -88,7 +98,7 @@ def test_sdxl_patch_fires_70_replacements_merges_560_lora_tensors_and_leaves_the
 
 
 def test_sdxl_merge_step_switches_context_and_pooled_and_sizes_are_the_official_ones(host, pack, sdxl):
-    model = pack.merge_step.with_merge_wrapper(sdxl)
+    model = sdxl.clone()
     calls = _record_positive(model)
     ys = []
     wrapper = model.model_options["model_function_wrapper"]
@@ -100,9 +110,9 @@ def test_sdxl_merge_step_switches_context_and_pooled_and_sizes_are_the_official_
         return wrapper(apply_model, args)
 
     model.set_model_unet_function_wrapper(recording)
-    positive = pack.merge_step.merge_conditioning(_cond(TEXT), _cond(FACIAL), 1, 4, "normal")
+    [positive] = pack.merge_step.ConsistentIDMergeStep.execute(_cond(TEXT), _cond(FACIAL), 1, 4, "normal").result
     _sample(host, model, positive, steps=4, height=144, width=108)
-    assert calls == [[TEXT], [TEXT], [FACIAL], [FACIAL]]
+    assert _prompts(calls) == [[TEXT], [TEXT], [FACIAL], [FACIAL]]
     # The official pipeline's pooled text embedding follows the prompt of its phase ...
     assert [float(y[0]) for y in ys] == [POOLED[TEXT]] * 2 + [POOLED[FACIAL]] * 2
     # ... and its size conditioning is (original size, crop (0, 0), target size) of the image it makes.

@@ -84,9 +84,8 @@ def test_patch_picks_cond_or_uncond_tokens_per_batch_chunk(host, pack):
     torch.testing.assert_close(outside(q, k, v, options), optimized_attention(q, k, v, 2))
     inside = pack.unet_patch.FaceIDAttention((k_ip, v_ip), 0.7, (6.0, 1.0))
     torch.testing.assert_close(inside(q, k, v, options), expected)
-    # The step wrapper's host-side sigma decides when present: no device read inside the UNet.
-    step = pack.load("nodes.sampling_step").StepInfo(0, 3.0)
-    torch.testing.assert_close(outside(q, k, v, {**options, "consistentid_step": step}), expected)
+    # The wrapper's host-side sigma decides when present: no device read inside the UNet.
+    torch.testing.assert_close(outside(q, k, v, {**options, pack.unet_patch.SIGMA_KEY: 3.0}), expected)
 
 
 def test_patch_stacks_other_packs_with_add_and_clones_keep_their_own_stack(host, pack):
@@ -198,99 +197,160 @@ def test_reference_tokens_are_attended_together_and_lora_strength_zero_skips_lor
 
 # ---------------------------------------------------------------------------------------------- merge step
 
-# Model evaluations per step of each sampler; the last step (to sigma 0) of the two-evaluation ones evaluates
-# once; heunpp2 evaluates a step's start and its next two sigmas (docs/method.md §7).
-EVALS_PER_STEP = {"euler": 1, "euler_ancestral": 1, "lms": 1, "dpmpp_2m": 1, "dpmpp_2m_sde": 1, "uni_pc": 1,
-                  "heun": 2, "dpm_2": 2, "dpm_2_ancestral": 2, "dpmpp_2s_ancestral": 2, "dpmpp_sde": 2,
-                  "heunpp2": 3}
+ONE_EVALUATION = ["euler", "euler_ancestral", "lms", "dpmpp_2m", "dpmpp_2m_sde", "ddim"]
+# Several evaluations per step, or (uni_pc) a schedule without its penultimate sigma.
+BY_SIGMA = ["heun", "dpm_2", "dpmpp_2s_ancestral", "dpmpp_sde", "heunpp2", "uni_pc"]
 
 
 def _record_positive(model):
-    """Per model call, the fingerprints of the positive rows it received."""
+    """Per model call, its sigma and the fingerprints of the positive rows it received."""
     calls = []
 
     def wrapper(apply_model, args):
         c, chunks = args["c"]["c_crossattn"], args["cond_or_uncond"]
         rows = c.shape[0] // len(chunks)
-        calls.append(sorted(float(c[i * rows, 0, 0]) for i, chunk in enumerate(chunks) if chunk == 0))
+        calls.append((float(args["timestep"].max()),
+                      sorted(float(c[i * rows, 0, 0]) for i, chunk in enumerate(chunks) if chunk == 0)))
         return torch.zeros_like(args["input"])
 
     model.set_model_unet_function_wrapper(wrapper)
     return calls
 
 
-def _expected(sampler, sigmas, first, last, merge_step):
-    phases = []
-    for step in range(first, last):
-        evals = min(EVALS_PER_STEP[sampler], 1 + sum(1 for s in sigmas[step + 1:step + 3] if s > 0))
-        evals = evals if EVALS_PER_STEP[sampler] == 3 or sigmas[step + 1] > 0 else 1
-        phases += [[FACIAL if step > merge_step else TEXT]] * evals
-    return phases
+def _prompts(calls) -> list:
+    return [prompt for _, prompt in calls]
 
 
-def _merge_model(base, pack):
-    return pack.merge_step.with_merge_wrapper(base)
+def _positive(pack, merge_step, steps, scheduler, text=None, facial=None):
+    node = pack.merge_step.ConsistentIDMergeStep
+    return node.execute(text or _cond(TEXT), facial or _cond(FACIAL), merge_step, steps, scheduler).result[0]
 
 
 @pytest.mark.parametrize("scheduler", ["normal", "karras"])
-@pytest.mark.parametrize("sampler", list(EVALS_PER_STEP))
-def test_merge_switches_after_merge_step(host, pack, base, sampler, scheduler, caplog):
-    import comfy.samplers
-
+@pytest.mark.parametrize("sampler", ONE_EVALUATION)
+def test_merge_switches_after_merge_step_with_any_model(host, pack, base, sampler, scheduler, caplog):
+    """The official rule, step i > merge_step uses the facial prompt, for every sampler that evaluates once per
+    step, with a plain MODEL: the switch is the host's own timestep range."""
     steps, merge_step = 6, 2
-    model = _merge_model(base, pack)
-    calls = _record_positive(model)
-    positive = pack.merge_step.merge_conditioning(_cond(TEXT), _cond(FACIAL), merge_step, steps, scheduler)
-    with caplog.at_level(logging.WARNING):
-        _sample(host, model, positive, steps=steps, sampler=sampler, scheduler=scheduler)
-    # The dry run reads the host's KSAMPLER (sampler_function, extra_options): it must place each of these.
-    assert "k-diffusion step pattern" not in caplog.text
-    sigmas = comfy.samplers.KSampler(model, steps, "cpu", sampler, scheduler).sigmas
-    assert calls == _expected(sampler, sigmas, 0, steps, merge_step)
-
-
-@pytest.mark.parametrize("sampler", ["heun", "dpm_2"])
-def test_merge_step_counts_over_the_full_schedule_in_ksampler_advanced(host, pack, base, sampler):
-    import comfy.samplers
-
-    steps, merge_step, first, last = 8, 4, 3, 6
-    model = _merge_model(base, pack)
-    calls = _record_positive(model)
-    positive = pack.merge_step.merge_conditioning(_cond(TEXT), _cond(FACIAL), merge_step, steps, "karras")
-    _sample(host, model, positive, steps=steps, sampler=sampler, scheduler="karras", start_step=first, last_step=last)
-    sigmas = comfy.samplers.KSampler(model, steps, "cpu", sampler, "karras").sigmas
-    assert calls == _expected(sampler, sigmas, first, last, merge_step)
-
-
-def test_without_the_wrapper_only_the_text_only_prompt_is_used(host, pack, base):
     model = base.clone()
     calls = _record_positive(model)
-    positive = pack.merge_step.merge_conditioning(_cond(TEXT), _cond(FACIAL), 1, 4, "normal")
-    _sample(host, model, positive, steps=4)
-    assert calls == [[TEXT]] * 4
+    with caplog.at_level(logging.WARNING):
+        _sample(host, model, _positive(pack, merge_step, steps, scheduler), steps=steps, sampler=sampler,
+                scheduler=scheduler)
+    assert _prompts(calls) == [[TEXT]] * (merge_step + 1) + [[FACIAL]] * (steps - merge_step - 1)
+    assert "ConsistentID" not in caplog.text
 
 
-def test_merge_step_node_outputs_the_model_to_sample_with(host, pack, base):
-    node = pack.merge_step.MergeStepScheduler
-    model, positive = node.execute(base, _cond(TEXT), _cond(FACIAL), 1, 4, "normal").result
-    assert model is not base and not base.get_wrappers("calc_cond_batch", "consistentid_merge")
+@pytest.mark.parametrize("sampler", BY_SIGMA)
+def test_a_sampler_off_the_step_grid_switches_at_the_boundary_sigma(host, pack, base, sampler):
+    """heun, dpm_2, …, uni_pc: the official code has no such sampler; each evaluation gets the prompt of its
+    sigma's side of the boundary, as ComfyUI's timestep ranges decide, and the facial prompt is used."""
+    import comfy.model_sampling
+
+    steps, merge_step = 6, 2
+    model = base.clone()
+    calls = _record_positive(model)
+    positive = _positive(pack, merge_step, steps, "karras")
+    _sample(host, model, positive, steps=steps, sampler=sampler, scheduler="karras")
+    boundary = model.get_model_object("model_sampling").percent_to_sigma(positive[0][1]["end_percent"])
+    assert _prompts(calls) == [[TEXT] if sigma >= boundary else [FACIAL] for sigma, _ in calls]
+    assert [FACIAL] in _prompts(calls) and [TEXT] in _prompts(calls)
+    assert isinstance(model.get_model_object("model_sampling"), comfy.model_sampling.ModelSamplingDiscrete)
+
+
+def test_merge_step_counts_over_the_full_schedule_in_ksampler_advanced(host, pack, base):
+    steps, merge_step, first, last = 8, 4, 3, 6
+    model = base.clone()
+    calls = _record_positive(model)
+    _sample(host, model, _positive(pack, merge_step, steps, "karras"), steps=steps, scheduler="karras",
+            start_step=first, last_step=last)
+    assert _prompts(calls) == [[TEXT], [TEXT], [FACIAL]]
+
+
+def _apply(pack, model):
+    return pack.unet_patch.apply_to_model(model, _weights(pack), *_tokens(), lora_strength=0.0)
+
+
+def test_a_run_with_other_steps_still_switches_and_is_flagged(host, pack, base, caplog):
+    """Placed for 50 steps (merge at 30) but sampled with 20 through Apply's MODEL: the facial prompt is used
+    from the step at the same noise level, and a warning names the node and the fix. Placed for the run's own
+    schedule: no warning."""
+    model = _apply(pack, base)
+    calls = _record_positive(model)
+    with caplog.at_level(logging.WARNING):
+        _sample(host, model, _positive(pack, 30, 50, "normal"), steps=20)
+    assert _prompts(calls) == [[TEXT]] * 12 + [[FACIAL]] * 8
+    assert ("[ConsistentID · ConsistentID Merge Step] This positive was placed for 50 steps of 'normal' (the facial "
+            "prompt from step 31), but the sampler runs 20 steps that are not that schedule: it uses the facial "
+            "prompt from its step 12, at the same noise level. Fix: Set steps and scheduler here to the "
+            "sampler's") in caplog.text
+    caplog.clear()
+    calls.clear()
+    with caplog.at_level(logging.WARNING):
+        _sample(host, model, _positive(pack, 12, 20, "normal"), steps=20)
+    assert _prompts(calls) == [[TEXT]] * 13 + [[FACIAL]] * 7
+    assert "ConsistentID" not in caplog.text
+
+
+def test_the_old_node_passes_the_model_through_and_gives_the_same_positive(host, pack, base):
+    old = pack.merge_step.MergeStepScheduler
+    model, positive = old.execute(base, _cond(TEXT), _cond(FACIAL), 1, 4, "normal").result
+    assert model is base
+    new = _positive(pack, 1, 4, "normal")
+    assert [opts["start_percent"] for _, opts in positive] == [opts["start_percent"] for _, opts in new]
+    model = base.clone()
     calls = _record_positive(model)
     _sample(host, model, positive, steps=4)
-    assert calls == [[TEXT], [TEXT], [FACIAL], [FACIAL]]
+    assert _prompts(calls) == [[TEXT], [TEXT], [FACIAL], [FACIAL]]
 
 
 # A negative merge_step is outside the input's own range: tests/host_inprocess/test_options.py.
-@pytest.mark.parametrize("merge_step, steps", [(30, 20), (20, 20)])
-def test_merge_step_outside_the_run_is_refused(host, pack, base, merge_step, steps):
-    node = pack.merge_step.MergeStepScheduler
+@pytest.mark.parametrize("merge_step, steps", [(30, 20), (20, 20), (19, 20)])
+def test_merge_step_that_leaves_no_facial_step_is_refused(host, pack, merge_step, steps):
+    node = pack.merge_step.ConsistentIDMergeStep
     with pytest.raises(pack.errors.ConsistentIDError) as refused:
         node.validate_inputs(merge_step=merge_step, steps=steps)
     message = str(refused.value)
-    assert message.startswith("[ConsistentID · ConsistentID Merge Step Scheduler] merge_step ")
-    assert f"is not a step of a {steps}-step run (0 to {steps - 1})" in message and "Fix: " in message
-    assert node.validate_inputs(merge_step=12, steps=20) is True and node.validate_inputs(merge_step=None) is True
-    with pytest.raises(pack.errors.ConsistentIDError, match="would never be used"):
-        node.execute(base, _cond(TEXT), _cond(FACIAL), merge_step, steps, "normal")
+    assert message.startswith(f"[ConsistentID · ConsistentID Merge Step] merge_step {merge_step} leaves no step of a "
+                              f"{steps}-step run for the facial prompt")
+    assert "Fix: Set merge_step from 0 to 18" in message
+    assert node.validate_inputs(merge_step=18, steps=20) is True and node.validate_inputs(merge_step=None) is True
+    with pytest.raises(pack.errors.ConsistentIDError, match="leaves no step"):
+        node.execute(_cond(TEXT), _cond(FACIAL), merge_step, steps, "normal")
+
+
+def test_a_facial_entry_whose_own_range_misses_its_phase_is_refused(host, pack):
+    early = [[torch.full((1, 77, 768), FACIAL), {"start_percent": 0.0, "end_percent": 0.3}]]
+    with pytest.raises(pack.errors.ConsistentIDError) as refused:
+        _positive(pack, 30, 50, "normal", facial=early)
+    start = pack.merge_step.boundary_percent(30, 50, "normal")
+    assert 0.6 < start < 0.65
+    assert str(refused.value).startswith(
+        "[ConsistentID · ConsistentID Merge Step] A facial conditioning's own timestep range (0% to 30%) lies "
+        f"outside the part of the schedule the merge step gives it ({start:.0%} to 100%), so it would never be used.")
+
+
+def test_start_and_end_switch_the_face_id_branch_by_a_sigma_read_once_per_evaluation(host, pack, base, monkeypatch):
+    import comfy.samplers
+
+    model = pack.unet_patch.apply_to_model(base, _weights(pack), *_tokens(), start_at=0.5, lora_strength=0.0)
+    seen = []
+    in_range = pack.unet_patch.FaceIDAttention._in_range
+
+    def recording(self, extra_options):
+        active = in_range(self, extra_options)
+        # Published by the PREDICT_NOISE wrapper as a number: a KeyError here means a device read per layer.
+        seen.append((extra_options[pack.unet_patch.SIGMA_KEY], active))
+        return active
+
+    monkeypatch.setattr(pack.unet_patch.FaceIDAttention, "_in_range", recording)
+    _sample(host, model, _cond(TEXT), steps=4)
+    sigmas = comfy.samplers.KSampler(model, 4, "cpu", "euler", "normal").sigmas[:-1].tolist()
+    boundary = model.get_model_object("model_sampling").percent_to_sigma(0.5)
+    # 16 cross-attentions per evaluation, all with the evaluation's one sigma.
+    assert len(seen) == 16 * 4 and all(seen[i] == seen[i - i % 16] for i in range(len(seen)))
+    assert [sigma for sigma, _ in seen[::16]] == pytest.approx(sigmas)
+    assert [active for _, active in seen[::16]] == [s <= boundary for s in sigmas] == [False, False, True, True]
 
 
 def test_start_after_end_is_refused(host, pack, base):
@@ -307,8 +367,8 @@ def test_no_frame_inspection_in_the_pack():
 
 def test_merge_keeps_every_entrys_mask_strengths_and_timestep_range(host, pack, base):
     """Two people: each one's text-only and facial entries masked to its half, with a mask strength and a
-    conditioning strength; the merge hands the host every entry of the evaluation's phase with those intact, and a
-    facial entry's own timestep range restored."""
+    conditioning strength; the host gets every entry of the step's phase with those intact, and a facial entry's
+    own timestep range still applies."""
     from comfy.patcher_extension import WrappersMP
 
     steps, merge_step = 6, 1
@@ -322,29 +382,26 @@ def test_merge_keeps_every_entrys_mask_strengths_and_timestep_range(host, pack, 
         return [torch.full((1, 77, 768), value), {"mask": halves[value], "mask_strength": mask_strength,
                                                    "strength": strength, **opts}]
 
-    positive = pack.merge_step.merge_conditioning([entry(1.0), entry(1.5)],
-                                                  [entry(2.0), entry(2.5, start_percent=0.0, end_percent=0.5)],
-                                                  merge_step, steps, "normal")
-    model = _merge_model(base, pack)
-    model.set_model_unet_function_wrapper(lambda apply_model, args: torch.zeros_like(args["input"]))
+    positive = _positive(pack, merge_step, steps, "normal", text=[entry(1.0), entry(1.5)],
+                         facial=[entry(2.0), entry(2.5, start_percent=0.0, end_percent=0.8)])
+    model = base.clone()
+    calls = _record_positive(model)
     seen = []
 
     def record(executor, inner, conds, x_in, timestep, model_options):
         seen.append({float(c["model_conds"]["c_crossattn"].cond[0, 0, 0]): c for c in conds[0]})
         return executor(inner, conds, x_in, timestep, model_options)
 
-    # Added after the merge's own wrapper, so it runs inside it and sees what the merge passes on.
     model.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, "test_record", record)
     _sample(host, model, positive, steps=steps)
 
     sampling = model.get_model_object("model_sampling")
-    assert [sorted(call) for call in seen] == [[1.0, 1.5]] * (merge_step + 1) + [[2.0, 2.5]] * (steps - merge_step - 1)
+    end = sampling.percent_to_sigma(0.8)
+    # Each call gets every entry; the host's own ranges pick the active ones per step.
+    assert _prompts(calls) == [[1.0, 1.5]] * (merge_step + 1) + [[2.0, 2.5] if sigma >= end else [2.0]
+                                                                 for sigma, _ in calls[merge_step + 1:]]
+    assert [2.0] in _prompts(calls)
     for call in seen:
         for value, cond in call.items():
             assert torch.equal(cond["mask"].reshape(8, 8), halves[value].reshape(8, 8))
             assert (cond["mask_strength"], cond["strength"]) == strengths[value]
-    last = seen[-1]
-    assert (last[2.5]["timestep_start"], last[2.5]["timestep_end"]) == (sampling.percent_to_sigma(0.0),
-                                                                        sampling.percent_to_sigma(0.5))
-    assert (last[2.0]["timestep_start"], last[2.0]["timestep_end"]) == (sampling.percent_to_sigma(0.0),
-                                                                        sampling.percent_to_sigma(1.0))

@@ -9,15 +9,15 @@ once ConsistentID clones an InstantID MODEL), the ControlNet is the reduced "mid
 ConsistentID's adapter holds its real shapes in a few kB (``weightgen.consistentid``'s unit layout), and its
 LoRA, which only adds weight patches, is off: merged, it would back up 1.9 GB of weights.
 """
-import collections
 import importlib
 import logging
 import sys
 
 import pytest
 import torch
+from branch_counts import count_branches
 from dev_env import neighbour_path
-from test_sdxl import POOLED, SDXL_UNET
+from test_sdxl import POOLED, random_sdxl
 from test_unet_patch import NEGATIVE, TEXT, _tokens
 
 CROSS_ATTENTION_KEYS = 70  # SDXL's cross-attentions, each at its 3-tuple key
@@ -25,24 +25,8 @@ CROSS_ATTENTION_KEYS = 70  # SDXL's cross-attentions, each at its 3-tuple key
 
 @pytest.fixture(scope="module")
 def sdxl(host):
-    """A full-size random SDXL UNet as ModelPatcher: weights N(0, 0.02), norms 1, biases 0, stored in fp8 (as
-    ComfyUI's ``--fp8_e4m3fn-unet`` stores them) and computed in fp32."""
-    import comfy.model_detection
-    import comfy.model_patcher
-    from weightgen.host_models import _init_kinds
-
-    config = comfy.model_detection.model_config_from_unet_config(dict(SDXL_UNET))
-    config.set_inference_dtype(torch.float8_e4m3fn, torch.float32)
-    model = config.get_model({}, device="cpu")
-    kinds = _init_kinds(model)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            kind = kinds[id(param)]
-            value = torch.empty(param.shape).normal_(0.0, 0.02, generator=generator) if kind == "normal" else \
-                torch.full(param.shape, float(kind == "ones"))
-            param.copy_(value)
-    yield comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    """Stored in fp8 (as ComfyUI's ``--fp8_e4m3fn-unet`` stores it)."""
+    yield random_sdxl(torch.float8_e4m3fn)
     host.mm.unload_all_models()
 
 
@@ -101,22 +85,7 @@ def _key(extra_options) -> tuple:
 @pytest.fixture
 def counted(pack, instantid, monkeypatch):
     """Calls per cross-attention key of each pack's attention branch."""
-    calls = {"consistentid": collections.Counter(), "instantid": collections.Counter()}
-    face_id_call = pack.unet_patch.FaceIDAttention.__call__
-    instantid_call = instantid.instantid_attention
-
-    def face_id(self, q, k, v, extra_options):
-        calls["consistentid"][_key(extra_options)] += 1
-        return face_id_call(self, q, k, v, extra_options)
-
-    def instantid_branch(out, q, k, v, extra_options, **kwargs):
-        calls["instantid"][_key(extra_options)] += 1
-        return instantid_call(out, q, k, v, extra_options, **kwargs)
-
-    monkeypatch.setattr(pack.unet_patch.FaceIDAttention, "__call__", face_id)
-    # InstantID registers the function it finds in its own module when it patches a model.
-    monkeypatch.setattr(instantid, "instantid_attention", instantid_branch)
-    return calls
+    return count_branches(monkeypatch, pack, instantid, "instantid_attention", "instantid", _key)
 
 
 def _cond(value: float) -> list:

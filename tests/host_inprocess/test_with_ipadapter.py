@@ -1,12 +1,12 @@
 """ConsistentID stacked with the real ComfyUI_IPAdapter_plus (the snapshot beside the host, see dev_env.py) on
 one SD1.5 model, in both orders: each pack's attention branch runs in every block where it runs alone, and the
 result differs from either pack alone. An SDXL-keyed stand-in checks the ``.add()`` protocol at 3-tuple keys."""
-import collections
 import importlib
 import sys
 
 import pytest
 import torch
+from branch_counts import count_branches
 from dev_env import ipadapter_plus_path
 from test_unet_patch import TEXT, _cond, _sample, _tokens, _weights
 
@@ -47,22 +47,7 @@ def _block(extra_options) -> tuple:
 @pytest.fixture
 def counted(pack, ipadapter_plus, monkeypatch):
     """Calls per UNet block of each pack's attention branch."""
-    calls = {"consistentid": collections.Counter(), "ipadapter": collections.Counter()}
-    face_id_call = pack.unet_patch.FaceIDAttention.__call__
-    ipadapter_call = ipadapter_plus.ipadapter_attention
-
-    def face_id(self, q, k, v, extra_options):
-        calls["consistentid"][_block(extra_options)] += 1
-        return face_id_call(self, q, k, v, extra_options)
-
-    def ipadapter(out, q, k, v, extra_options, **kwargs):
-        calls["ipadapter"][_block(extra_options)] += 1
-        return ipadapter_call(out, q, k, v, extra_options, **kwargs)
-
-    monkeypatch.setattr(pack.unet_patch.FaceIDAttention, "__call__", face_id)
-    # IPAdapter_plus registers the function it finds in its own module when it patches a model.
-    monkeypatch.setattr(ipadapter_plus, "ipadapter_attention", ipadapter)
-    return calls
+    return count_branches(monkeypatch, pack, ipadapter_plus, "ipadapter_attention", "ipadapter", _block)
 
 
 def _consistentid(pack, model):

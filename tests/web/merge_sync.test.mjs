@@ -7,6 +7,8 @@ const sampler = { seed: 0, steps: 20, cfg: 5, sampler_name: "euler", scheduler: 
 const merge = { merge_step: 30, steps: 50, scheduler: "normal" };
 
 test("a KSampler's steps and scheduler are copied to the merge node it reads", () => {
+  assert.deepEqual(scheduleUpdates("KSampler", sampler, "ConsistentIDMergeStep", merge),
+                   { steps: 20, scheduler: "karras" });
   assert.deepEqual(scheduleUpdates("KSampler", sampler, "ConsistentIDMergeStepScheduler", merge),
                    { steps: 20, scheduler: "karras" });
   assert.deepEqual(scheduleUpdates("KSamplerAdvanced", { ...sampler, steps: 50 }, "ConsistentIDSimple", merge),

@@ -1,4 +1,4 @@
-// Keeps ConsistentID Merge Step Scheduler's (and the all-in-one node's) steps and scheduler equal to
+// Keeps ConsistentID Merge Step's (and the all-in-one node's) steps and scheduler equal to
 // the KSampler its positive output feeds (directly or through inpainting/ControlNet conditioning
 // nodes): a change on the sampler, or connecting it, copies
 // them over, and a value that still differs is flagged on the ConsistentID node's widget.

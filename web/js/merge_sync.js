@@ -1,10 +1,13 @@
 // What keeps a ConsistentID merge step in line with its sampler. No ComfyUI imports, so Node's
 // test runner can load it (tests/web/merge_sync.test.mjs).
 
-// KSamplerAdvanced is the one that needs it: its start_at_step is placed in the schedule of the
-// merge node's steps and scheduler, so a mismatch silently moves the merge step.
+// The merge node places its switch in the schedule of its own steps and scheduler; a sampler with
+// others switches at that noise level instead of after merge_step (and the run logs a warning).
 export const SAMPLERS = new Set(["KSampler", "KSamplerAdvanced"]);
-export const SCHEDULE_NODES = new Set(["ConsistentIDMergeStepScheduler", "ConsistentIDSimple"]);
+// ConsistentIDMergeStepScheduler: the merge node of workflows saved before ConsistentIDMergeStep.
+export const SCHEDULE_NODES = new Set([
+  "ConsistentIDMergeStep", "ConsistentIDMergeStepScheduler", "ConsistentIDSimple",
+]);
 export const SYNCED = ["steps", "scheduler"];
 // Inputs followed upstream from a sampler's positive: inpainting and ControlNet nodes sit between.
 export const CONDITIONING_INPUTS = ["positive", "conditioning"];
