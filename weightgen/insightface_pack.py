@@ -115,8 +115,14 @@ def _recogniser(seed: int) -> onnx.ModelProto:
     return g.model("w600k_r50", [crop], [output])
 
 
+# The detector and recogniser file names of the two packs the tests write: buffalo_l's (ConsistentID's) and
+# antelopev2's (InstantID's, and a pack the loaders must tell apart from buffalo_l).
+BUFFALO_L_FILES = ("det_10g.onnx", "w600k_r50.onnx")
+ANTELOPEV2_FILES = ("scrfd_10g_bnkps.onnx", "glintr100.onnx")
+
+
 def write_pack(models_dir: Path, name: str, with_face: bool = True, seed: int = 0,
-               files: tuple[str, str] = ("det_10g.onnx", "w600k_r50.onnx")) -> Path:
+               files: tuple[str, str] = BUFFALO_L_FILES) -> Path:
     """Write the pack ``insightface/models/<name>/``: the detector and the recogniser under ``files``'
     names (insightface routes them by signature, so other packs' names, e.g. antelopev2's, work too)."""
     pack = Path(models_dir) / "insightface" / "models" / name

@@ -33,7 +33,6 @@ from .host_models import init_kinds, _stream_safetensors, default_cache_dir
 GENERATOR_VERSION = "instantid-1"
 ADAPTER_FILE = Path("instantid/ip-adapter.safetensors")
 CONTROLNET_FILE = Path("controlnet/instantid/diffusion_pytorch_model.safetensors")
-ANTELOPEV2_FILES = ("scrfd_10g_bnkps.onnx", "glintr100.onnx")
 # InstantID's Resampler, as ComfyUI_InstantID builds it for the release.
 RESAMPLER = {"width": 1280, "depth": 4, "heads": 20, "head_dim": 64, "queries": 16, "face_dim": 512, "ff_mult": 4}
 
@@ -65,7 +64,7 @@ def write_instantid(models_dir: Path, size: str = "full", seed: int = 0) -> dict
     files = instantid_files(models_dir, size)
     _stream_safetensors(files["instantid_adapter"], *_adapter_layout(), seed)
     _stream_safetensors(files["instantid_controlnet"], *_controlnet_layout(CONTROLNET_CONFIGS[size]), seed + 1)
-    insightface_pack.write_pack(models_dir, "antelopev2", seed=seed, files=ANTELOPEV2_FILES)
+    insightface_pack.write_pack(models_dir, "antelopev2", seed=seed, files=insightface_pack.ANTELOPEV2_FILES)
     return files
 
 

@@ -1,5 +1,4 @@
 """The ``models`` fixture: generated model files in folders registered with the in-process host."""
-import shutil
 
 import pytest
 
@@ -14,11 +13,8 @@ def models(host, pack, tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     consistentid.write_checkpoints(root, size="unit")
     bisenet.write_face_parsers(root)
-    buffalo = insightface_pack.write_packs(root)["insightface_buffalo_l"]
-    antelope = buffalo.parent / "antelopev2"
-    antelope.mkdir()
-    shutil.copy(buffalo / "det_10g.onnx", antelope / "scrfd_10g_bnkps.onnx")
-    shutil.copy(buffalo / "w600k_r50.onnx", antelope / "glintr100.onnx")
+    insightface_pack.write_packs(root)
+    insightface_pack.write_pack(root, "antelopev2", files=insightface_pack.ANTELOPEV2_FILES)
     pack.load("nodes.paths").register_model_folders()
     added = {name: str(root / name) for name in ("consistentid", "face_parsing", "insightface")}
     for name, path in added.items():
