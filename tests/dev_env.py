@@ -220,19 +220,21 @@ def setup() -> None:
 SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
 
 
-def _suites(extra: list[str]) -> list[tuple[str, dict[str, str], list[str]]]:
-    """(title, environment, command) of every pytest session: the host-free tests once, then each host's."""
+def _suites(extra: list[str]) -> list[tuple[str, str, dict[str, str], list[str]]]:
+    """(group, title, environment, command) of every pytest session: the host-free tests once, then each host's,
+    grouped by host."""
     pytest = [str(DEV_VENV / "bin" / "python"), "-m", "pytest"]
-    suites = [("unit and golden tests (.venv)", {}, [*pytest, "--ignore=tests/host", f"--ignore={IN_PROCESS}",
-                                                     *extra])]
+    suites = [("host-free", "unit and golden tests (.venv)", {},
+               [*pytest, "--ignore=tests/host", f"--ignore={IN_PROCESS}", *extra])]
     for host in hosts_under_test():
         env = {"COMFYUI_PATH": str(host.path), "COMFYUI_PYTHON": str(host.python)}
         in_host = [str(host.python), "-m", "pytest"]
-        suites += [(f"{host.title}: server tests (.venv)", env, [*pytest, "tests/host", *extra]),
-                   (f"{host.title}: in-process host tests (host Python)", env,
-                    [*in_host, IN_PROCESS, *(f"--ignore={path}" for path in OWN_PROCESS), *extra]),
-                   *((f"{host.title}: in-process {Path(path).stem} (host Python)", env, [*in_host, path, *extra])
-                     for path in OWN_PROCESS)]
+        commands = [("server tests (.venv)", [*pytest, "tests/host", *extra]),
+                    ("in-process host tests (host Python)",
+                     [*in_host, IN_PROCESS, *(f"--ignore={path}" for path in OWN_PROCESS), *extra]),
+                    *((f"in-process {Path(path).stem} (host Python)", [*in_host, path, *extra])
+                      for path in OWN_PROCESS)]
+        suites += [(host.title, f"{host.title}: {title}", env, command) for title, command in commands]
     return suites
 
 
@@ -245,7 +247,7 @@ def run_tests(extra: list[str]) -> int:
     """Every suite, each with its own pytest summary, then a line per host and one total line."""
     totals: dict[str, dict[str, int]] = {}
     codes = []
-    for title, env, command in _suites(extra):
+    for group, title, env, command in _suites(extra):
         print(f"\n===== {title}: {' '.join(command)}", flush=True)
         last = ""
         with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True,
@@ -255,10 +257,10 @@ def run_tests(extra: list[str]) -> int:
                 last = line if line.strip() else last
         # 5: no test selected in this suite (e.g. `-k golden` selects none of the in-process tests).
         codes.append(0 if run.returncode == 5 else run.returncode)
-        group = totals.setdefault(title.split(": ")[0] if env else "host-free", {})
+        counts = totals.setdefault(group, {})
         for count, kind in SUMMARY.findall(last):
             kind = "errors" if kind.startswith("error") else kind
-            group[kind] = group.get(kind, 0) + int(count)
+            counts[kind] = counts.get(kind, 0) + int(count)
     print()
     for group, counts in totals.items():
         print(f"{group} tests — {_line(counts)}")

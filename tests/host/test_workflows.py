@@ -152,7 +152,7 @@ def test_example_files_match_their_definitions(server):
         ui = json.loads((workflows.UI_DIR / f"{name}.json").read_text())
         api = load_api(name)
         assert ui == workflows.to_ui(graph, floor), f"example_workflows/{name}.json is {regenerate}"
-        assert api == workflows.to_api(graph, floor), f"tests/host/workflows/{name}.json is {regenerate}"
+        assert api == workflows.to_api(graph, floor), f"example_workflows/api/{name}.json is {regenerate}"
         # What the floor's frontend queues for the UI file is exactly the API twin; what this host's queues for
         # the file as saved is the definition on this host's nodes (its names for untitled nodes included).
         assert workflows.ui_to_api(ui, floor) == api

@@ -1,6 +1,6 @@
 """The example workflows, each defined once here and written out twice: a UI-format file in
 ``example_workflows/`` (what the ComfyUI frontend opens, with a ``.jpg`` thumbnail) and its API-format
-twin in ``tests/host/workflows/`` (what ``/prompt`` takes, with ``_meta.title`` as the frontend writes it).
+twin in ``example_workflows/api/`` (what ``/prompt`` takes, with ``_meta.title`` as the frontend writes it).
 
 The files follow the oldest ComfyUI the pack supports (``dev_env.FLOOR``, 0.3.64): widget order, socket types,
 outputs and the titles of untitled nodes are its ``/object_info``'s, kept for the stock nodes the examples use in
