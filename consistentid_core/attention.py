@@ -1,5 +1,5 @@
-"""ConsistentID's UNet attention maths: the LoRA and face-ID weights by UNet key, and the face-ID attention
-(docs/method.md §5.3, quirk §8.11).
+"""ConsistentID's UNet attention maths: the LoRA and face-ID weights by UNet key (docs/method.md §5.3, quirk
+§8.11).
 
 The official processors add ``up(down(x))`` (factor 1: no alpha, no rank scaling) to q, k, v and out of
 every attention layer, and in cross-attention add ``s · SDPA(q, W_k_ip·id, W_v_ip·id)`` over the last 4
@@ -9,7 +9,6 @@ ever sees text tokens; the ID tokens are projected separately by ``to_k_ip``/``t
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 
 from .unet_layout import PROCESSORS
 
@@ -38,18 +37,3 @@ def ip_weights(adapter: Mapping[str, torch.Tensor], arch: str) -> dict[tuple[str
         if p.kind == "cross"
     }
 
-
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    b, n, inner = x.shape
-    return x.view(b, n, heads, inner // heads).transpose(1, 2)
-
-
-def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Multi-head attention of projected ``[B, N, heads·d]`` tensors, no mask, scale 1/√d."""
-    out = F.scaled_dot_product_attention(_heads(q, heads), _heads(k, heads), _heads(v, heads))
-    return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
-
-
-def ip_attention(q: torch.Tensor, k_ip: torch.Tensor, v_ip: torch.Tensor, heads: int) -> torch.Tensor:
-    """The face-ID branch: the (LoRA'd) query attends to the ID tokens alone, with its own softmax."""
-    return sdpa(q, k_ip, v_ip, heads)

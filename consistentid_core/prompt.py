@@ -25,10 +25,8 @@ FACIAL_ID = 49409  # id of <|facial|> in the official tokenizer, after <|image|>
 DEFAULT_CAPTIONS = {
     "sd15": "The person has one face, one nose, two eyes, two ears, and one mouth.",
     "sdxl": "The person has one face, one nose, two eyes, two ears, and a mouth.",
-    # The inpaint/ControlNet base class has no "face", so its Face region is always dropped.
-    "inpaint": "The person has one nose, two eyes, two ears, and a mouth.",
 }
-_DETAIL = {"sd15": "Detail:", "sdxl": "; Detail:", "inpaint": "Detail:"}
+_DETAIL = {"sd15": "Detail:", "sdxl": "; Detail:"}
 MAX_CAPTION_CHARS = 330
 
 _KEYWORDS = ("face", "ears", "eyes", "nose", "mouth")
@@ -143,7 +141,7 @@ def literal_ids(prompt_face: str, bpe: ClipBPE) -> list[int]:
 
 def build_facial_prompt(prompt: str, region_names: Sequence[str], bpe: ClipBPE, caption: str | None = None,
                         arch: str = "sd15") -> FacialPrompt:
-    """Official `encode_prompt_with_trigger_word` for one prompt (`arch`: sd15, sdxl or inpaint)."""
+    """Official `encode_prompt_with_trigger_word` for one prompt (`arch`: sd15 or sdxl)."""
     if arch not in _DETAIL:
         raise ValueError(f"arch must be one of {sorted(_DETAIL)}, not {arch!r}")
     prompt = strip_markers(prompt)

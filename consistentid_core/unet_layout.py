@@ -19,8 +19,6 @@ class Processor:
     block: tuple[str, int]  # ComfyUI's transformer_options["block"], the key of set_model_attn*_replace
     transformer_index: int  # block index inside the SpatialTransformer
     hidden_size: int
-    heads: int
-    diffusers_transformer: str  # e.g. "down_blocks.0.attentions.0"
 
     @property
     def attn(self) -> str:
@@ -33,57 +31,49 @@ class Processor:
         prefix = "middle_block.1" if name == "middle" else f"{name}_blocks.{number}.1"
         return f"{prefix}.transformer_blocks.{self.transformer_index}.{self.attn}"
 
-    @property
-    def diffusers_module(self) -> str:
-        return f"{self.diffusers_transformer}.transformer_blocks.{self.transformer_index}.{self.attn}"
 
-
-# (diffusers transformer, ComfyUI block, transformer depth, hidden size), in attn_processors order.
+# (ComfyUI block, transformer depth, hidden size), in diffusers' attn_processors order (down, up, mid).
 _SD15_TRANSFORMERS = (
-    ("down_blocks.0.attentions.0", ("input", 1), 1, 320),
-    ("down_blocks.0.attentions.1", ("input", 2), 1, 320),
-    ("down_blocks.1.attentions.0", ("input", 4), 1, 640),
-    ("down_blocks.1.attentions.1", ("input", 5), 1, 640),
-    ("down_blocks.2.attentions.0", ("input", 7), 1, 1280),
-    ("down_blocks.2.attentions.1", ("input", 8), 1, 1280),
-    ("up_blocks.1.attentions.0", ("output", 3), 1, 1280),
-    ("up_blocks.1.attentions.1", ("output", 4), 1, 1280),
-    ("up_blocks.1.attentions.2", ("output", 5), 1, 1280),
-    ("up_blocks.2.attentions.0", ("output", 6), 1, 640),
-    ("up_blocks.2.attentions.1", ("output", 7), 1, 640),
-    ("up_blocks.2.attentions.2", ("output", 8), 1, 640),
-    ("up_blocks.3.attentions.0", ("output", 9), 1, 320),
-    ("up_blocks.3.attentions.1", ("output", 10), 1, 320),
-    ("up_blocks.3.attentions.2", ("output", 11), 1, 320),
-    ("mid_block.attentions.0", ("middle", 0), 1, 1280),
+    (("input", 1), 1, 320),
+    (("input", 2), 1, 320),
+    (("input", 4), 1, 640),
+    (("input", 5), 1, 640),
+    (("input", 7), 1, 1280),
+    (("input", 8), 1, 1280),
+    (("output", 3), 1, 1280),
+    (("output", 4), 1, 1280),
+    (("output", 5), 1, 1280),
+    (("output", 6), 1, 640),
+    (("output", 7), 1, 640),
+    (("output", 8), 1, 640),
+    (("output", 9), 1, 320),
+    (("output", 10), 1, 320),
+    (("output", 11), 1, 320),
+    (("middle", 0), 1, 1280),
 )
 
 _SDXL_TRANSFORMERS = (
-    ("down_blocks.1.attentions.0", ("input", 4), 2, 640),
-    ("down_blocks.1.attentions.1", ("input", 5), 2, 640),
-    ("down_blocks.2.attentions.0", ("input", 7), 10, 1280),
-    ("down_blocks.2.attentions.1", ("input", 8), 10, 1280),
-    ("up_blocks.0.attentions.0", ("output", 0), 10, 1280),
-    ("up_blocks.0.attentions.1", ("output", 1), 10, 1280),
-    ("up_blocks.0.attentions.2", ("output", 2), 10, 1280),
-    ("up_blocks.1.attentions.0", ("output", 3), 2, 640),
-    ("up_blocks.1.attentions.1", ("output", 4), 2, 640),
-    ("up_blocks.1.attentions.2", ("output", 5), 2, 640),
-    ("mid_block.attentions.0", ("middle", 0), 10, 1280),
+    (("input", 4), 2, 640),
+    (("input", 5), 2, 640),
+    (("input", 7), 10, 1280),
+    (("input", 8), 10, 1280),
+    (("output", 0), 10, 1280),
+    (("output", 1), 10, 1280),
+    (("output", 2), 10, 1280),
+    (("output", 3), 2, 640),
+    (("output", 4), 2, 640),
+    (("output", 5), 2, 640),
+    (("middle", 0), 10, 1280),
 )
 
 
-def _processors(transformers, heads_of) -> tuple[Processor, ...]:
+def _processors(transformers) -> tuple[Processor, ...]:
     out = []
-    for diffusers_name, block, depth, hidden in transformers:
+    for block, depth, hidden in transformers:
         for j in range(depth):
             for kind in ("self", "cross"):
-                out.append(Processor(len(out), kind, block, j, hidden, heads_of(hidden), diffusers_name))
+                out.append(Processor(len(out), kind, block, j, hidden))
     return tuple(out)
 
 
-# SD1.5 has 8 heads everywhere; SDXL keeps the head size at 64.
-PROCESSORS = {
-    "sd15": _processors(_SD15_TRANSFORMERS, lambda h: 8),
-    "sdxl": _processors(_SDXL_TRANSFORMERS, lambda h: h // 64),
-}
+PROCESSORS = {"sd15": _processors(_SD15_TRANSFORMERS), "sdxl": _processors(_SDXL_TRANSFORMERS)}

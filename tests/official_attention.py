@@ -3,10 +3,27 @@ the LoRA merged into a diffusers ``Attention`` state dict, the face-ID branch ad
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 
-from consistentid_core.attention import PROJECTIONS, ip_attention, lora_pair, sdpa
+from consistentid_core.attention import PROJECTIONS, lora_pair
 
 NUM_ID_TOKENS = 4
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, inner = x.shape
+    return x.view(b, n, heads, inner // heads).transpose(1, 2)
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head attention of projected ``[B, N, heads·d]`` tensors, no mask, scale 1/√d."""
+    out = F.scaled_dot_product_attention(_heads(q, heads), _heads(k, heads), _heads(v, heads))
+    return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
+
+
+def ip_attention(q: torch.Tensor, k_ip: torch.Tensor, v_ip: torch.Tensor, heads: int) -> torch.Tensor:
+    """The face-ID branch: the (LoRA'd) query attends to the ID tokens alone, with its own softmax."""
+    return sdpa(q, k_ip, v_ip, heads)
 
 
 def merge_lora(weight: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:

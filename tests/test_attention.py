@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from consistentid_core.attention import ip_attention, ip_weights, lora_deltas
+from consistentid_core.attention import ip_weights, lora_deltas
 from consistentid_core.unet_layout import PROCESSORS
-from official_attention import consistent_attention
+from official_attention import consistent_attention, ip_attention
 
 
 def _reduced_adapter(arch: str) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from consistentid_core.errors import ModelMismatchError, WeightFileError
 from consistentid_core.facial_encoder import FacialEncoder
 from consistentid_core.projection import ProjPlus
 from consistentid_core.unet_layout import CROSS_ATTENTION_DIM, PROCESSORS
+from diffusers_layout import diffusers_module, heads
 from weightgen.consistentid import write_checkpoints
 
 ARCHS = ["sd15", "sdxl"]
@@ -58,8 +59,8 @@ def test_adapter_shapes_match_released_layout(spec_dir, arch):
 def test_processor_layout_matches_index_map(spec_dir, arch):
     c = CROSS_ATTENTION_DIM[arch]
     rows = _block(spec_dir, arch, "processor index map")
-    ours = [[str(p.index), f"{p.diffusers_module}.processor", str(p.hidden_size),
-             str(c if p.kind == "cross" else p.hidden_size), str(p.heads),
+    ours = [[str(p.index), f"{diffusers_module(p)}.processor", str(p.hidden_size),
+             str(c if p.kind == "cross" else p.hidden_size), str(heads(arch, p)),
              "Consistent_IPAttProcessor" if p.kind == "cross" else "Consistent_AttProcessor"] for p in PROCESSORS[arch]]
     assert ours == rows
 
@@ -76,7 +77,7 @@ def test_processor_layout_uses_comfyui_block_ids():
         ("output", n) for n in range(3, 12)]
     assert blocks["sdxl"] == [("input", n) for n in (4, 5, 7, 8)] + [("middle", 0)] + [("output", n) for n in range(6)]
     assert [sum(p.kind == "cross" for p in PROCESSORS[a]) for a in ARCHS] == [16, 70]
-    assert {(p.hidden_size, p.heads) for p in sdxl} == {(640, 10), (1280, 20)}
+    assert {(p.hidden_size, heads("sdxl", p)) for p in sdxl} == {(640, 10), (1280, 20)}
 
 
 @pytest.fixture(scope="module")

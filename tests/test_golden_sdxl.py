@@ -16,6 +16,7 @@ from consistentid_core.prompt import DEFAULT_CAPTIONS, FACIAL, FACIAL_ID, marked
 from consistentid_core.regions import MAX_SLOTS, RegionFeatures
 from consistentid_core.tokenizer import BIGG_PAD_TOKEN, HFClipBPE
 from consistentid_core.unet_layout import PROCESSORS
+from diffusers_layout import diffusers_module, heads
 from official_attention import consistent_attention
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
@@ -246,13 +247,13 @@ def test_golden_sdxl_g6_processors(golden_dir):
     state, adapter = _unpacked(state_path), _unpacked(adapter_path)
     io = load_file(golden_dir / "sdxl_g6_attention_io.safetensors")
     scale = float(re.search(r"scale=([\d.]+)", meta["processor_cross"]).group(1))
-    # The golden modules are SDXL's first two processors; the port's layout gives their width and heads.
+    # The golden modules are SDXL's first two processors; the port's layout gives their width.
     processors = {p.attn: p for p in PROCESSORS["sdxl"][:2]}
     for module, processor in processors.items():
         assert processor.index == int(module == "attn2")
-        assert processor.diffusers_module.startswith(meta["sdxl_layer"].split(": ")[1].split(",")[0])
+        assert diffusers_module(processor).startswith(meta["sdxl_layer"].split(": ")[1].split(",")[0])
         assert f"query_dim={processor.hidden_size}, " in meta[module]
-        assert f"heads={processor.heads}, " in meta[module]
+        assert f"heads={heads('sdxl', processor)}, " in meta[module]
 
     outputs = sorted(key for key in io if key.startswith("output_"))
     assert outputs == ["output_cross", "output_cross_ip_scale0", "output_self"]
@@ -261,7 +262,7 @@ def test_golden_sdxl_g6_processors(golden_dir):
         processor = processors["attn2" if cross else "attn1"]
         attn = {k[len(processor.attn) + 1:]: v for k, v in state.items() if k.startswith(processor.attn + ".")}
         out = consistent_attention(
-            attn, adapter, processor.index, io["hidden_states"], processor.heads,
+            attn, adapter, processor.index, io["hidden_states"], heads("sdxl", processor),
             encoder_hidden_states=io["encoder_hidden_states"] if cross else None,
             ip_scale=0.0 if name.endswith("ip_scale0") else scale,
         )

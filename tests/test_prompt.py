@@ -97,7 +97,9 @@ def test_spec_example_d_long_prompt_is_reordered_and_cut_without_eos(clip_tokeni
 
 def test_spec_example_e_inpaint_caption_drops_face(clip_tokenizer):
     regions = list(ALL5)
-    fp = build_facial_prompt("a woman", regions, clip_tokenizer, arch="inpaint")
+    # The official inpaint/ControlNet pipeline's default caption has no "face", so its Face region is dropped.
+    caption = "The person has one nose, two eyes, two ears, and a mouth."
+    fp = build_facial_prompt("a woman", regions, clip_tokenizer, caption=caption)
     assert fp.aligned_caption == ("two ears <|facial|>, two eyes <|facial|>, The person has one nose <|facial|>, "
                                   "and a mouth <|facial|>,")
     assert fp.kept_regions == ("Left_Eye", "Left_Ear", "Nose", "Upper_Lip")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from official_attention import ip_attention
 
 REPO = Path(__file__).resolve().parents[2]
 TEXT, FACIAL, NEGATIVE = 1.0, 2.0, -1.0  # fill values of the three conditionings, read back as fingerprints
@@ -76,7 +77,7 @@ def test_patch_picks_cond_or_uncond_tokens_per_batch_chunk(host, pack):
     patch = pack.unet_patch.FaceIDAttention((k_ip, v_ip), 0.7, None)
     # Chunk 0 is the negative (rows 0-1), chunk 1 the positive (rows 2-3).
     rows = torch.tensor([1, 1, 0, 0])
-    ip = pack.attention.ip_attention(q, _flat(k_ip)[rows], _flat(v_ip)[rows], 2)
+    ip = ip_attention(q, _flat(k_ip)[rows], _flat(v_ip)[rows], 2)
     expected = optimized_attention(q, k, v, 2) + 0.7 * ip
     torch.testing.assert_close(patch(q, k, v, options), expected)
 
