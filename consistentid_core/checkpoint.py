@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention import PROJECTIONS
-from .errors import ModelMismatchError, WeightFileError
+from .errors import WeightFileError
 from .facial_encoder import FacialEncoder
 from .projection import ProjPlus
 from .tensor_files import read_tensors, tensors_sha256
@@ -94,18 +94,6 @@ def expected_adapter_shapes(arch: str, rank: int, cross_attention_dim: int | Non
             shapes[f"{p.index}.to_k_ip.weight"] = (h, c)
             shapes[f"{p.index}.to_v_ip.weight"] = (h, c)
     return shapes
-
-
-def check_arch(weights: ConsistentIDWeights, expected_arch: str, what: str) -> None:
-    """Raise :class:`ModelMismatchError` when the checkpoint is not for ``expected_arch`` (the arch of ``what``)."""
-    if weights.arch == expected_arch:
-        return
-    other = ARCH_NAMES[expected_arch]
-    raise ModelMismatchError(
-        f"The ConsistentID checkpoint '{weights.name}' is for {weights.arch_name}, but {what} is {other}.",
-        f"Load the {other} ConsistentID checkpoint ({RELEASE_FILES[expected_arch]}) to match {what}, "
-        f"or connect {weights.arch_name} models to keep '{weights.name}'.",
-    )
 
 
 def build_facial_encoder(weights: ConsistentIDWeights, device: torch.device | str = "cpu",

@@ -15,17 +15,17 @@ import numpy as np
 import torch
 
 from .dino import dino_pixels
-from .regions import REGION_KEYWORD, FaceRegions, region_composites
+from .regions import REGION_KEYWORD, REGION_PARTS, FaceRegions, region_composites
 from .score_chart import Bar, bar_chart
 from .similarity import cosine, mean_of
 
-REGIONS = tuple(dict.fromkeys(REGION_KEYWORD.values()))  # face, eyes, ears, nose, mouth
 MISSING_IN = {(False, True): "reference", (True, False): "image", (False, False): "both"}  # by (in ref, in image)
+_MISSING_TEXT = {"reference": "not in the reference", "image": "not in the image", "both": "in neither image"}
 
 
 @dataclass
 class FgisResult:
-    scores: dict[str, float | None]  # every region of REGIONS; None where it is missing
+    scores: dict[str, float | None]  # every region of REGION_PARTS; None where it is missing
     missing: dict[str, str]  # region -> where it was not found: "reference", "image" or "both"
 
     @property
@@ -38,7 +38,7 @@ class FgisResult:
 
     def line(self, number: int) -> str:
         parts = [f"{region} {score:.4f}" for region, score in self.scores.items() if score is not None]
-        parts += [f"{region}: not in the {where}" for region, where in self.missing.items()]
+        parts += [f"{region}: {_MISSING_TEXT[where]}" for region, where in self.missing.items()]
         value = "no common region" if self.fgis is None else f"{self.fgis:.4f}"
         return f"image {number}: FGIS {value} ({'; '.join(parts)})"
 
@@ -70,8 +70,8 @@ def fgis_scores(embed: Callable[[torch.Tensor], torch.Tensor], reference: np.nda
         embeds = {region: next(embeddings) for region in kept}
         present = by_region(found)
         results.append(FgisResult(
-            {region: cosine(ref_embeds[region], embeds[region]) if region in embeds else None for region in REGIONS},
-            {region: MISSING_IN[region in ref_masks, region in present] for region in REGIONS
+            {region: cosine(ref_embeds[region], embeds[region]) if region in embeds else None for region in REGION_PARTS},
+            {region: MISSING_IN[region in ref_masks, region in present] for region in REGION_PARTS
              if region not in embeds}))
     return results
 

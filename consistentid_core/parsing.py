@@ -4,7 +4,6 @@ Parameter names are exactly those of the official ``face_parsing.pth`` (face-par
 ``79999_iter.pth``) and of facexlib's ``parsing_bisenet.pth``: both projects define the same
 modules under the same names, so one state dict layout covers both files.
 """
-import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -14,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 from .errors import WeightFileError
+from .tensor_files import read_tensors
 
 NUM_CLASSES = 19
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -156,20 +156,7 @@ def _fix_text(path: str) -> str:
 
 
 def _read(path: str) -> Mapping:
-    if not os.path.isfile(path):
-        raise WeightFileError(f"Face parser file '{path}' does not exist.", _fix_text(path))
-    try:
-        if path.endswith((".safetensors", ".sft")):
-            from safetensors.torch import load_file
-
-            return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightFileError(
-            f"Face parser file '{path}' could not be read ({type(err).__name__}: {err}); it may be "
-            "truncated, corrupt, or a pickle that needs code execution.",
-            _fix_text(path),
-        ) from err
+    return read_tensors(path, "a face parser", _fix_text(path))
 
 
 def official_state_dict(raw: Mapping, path: str = "<state dict>") -> dict[str, torch.Tensor]:

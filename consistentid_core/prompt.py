@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from .regions import REGION_KEYWORD
+from .regions import REGION_KEYWORD, REGION_PARTS
 from .tokenizer import ClipBPE
 
 CONTEXT_LENGTH = 77
@@ -29,7 +29,6 @@ DEFAULT_CAPTIONS = {
 _DETAIL = {"sd15": "Detail:", "sdxl": "; Detail:"}
 MAX_CAPTION_CHARS = 330
 
-_KEYWORDS = ("face", "ears", "eyes", "nose", "mouth")
 # Walking the regions in this fixed order (ears before eyes) sets the clause order of the aligned
 # caption, hence the eye/ear slot pairing of docs/method.md §3.4.
 _MARKER_ORDER = ("Face", "Left_Ear", "Right_Ear", "Left_Eye", "Right_Eye", "Nose", "Upper_Lip", "Lower_Lip")
@@ -74,7 +73,7 @@ def normalise_caption(caption: str) -> str:
     """Official `remove_duplicate_keywords`: keep words and `.,;!?` only, space-joined; blank every
     repeat of a keyword (case-insensitive), leaving a double space."""
     words = re.findall(r"\b\w+\b|[.,;!?]", caption)
-    for keyword in _KEYWORDS:
+    for keyword in REGION_PARTS:
         seen = False
         for i, word in enumerate(words):
             if word.lower() == keyword:
@@ -113,7 +112,7 @@ def align_caption(caption: str, region_names: Sequence[str]) -> tuple[str, tuple
             clauses.append(clause + ",")
             text = text[:start] + text[end:]
     aligned = " ".join(clauses)
-    for keyword in _KEYWORDS:
+    for keyword in REGION_PARTS:
         aligned = aligned.replace(f"<|{keyword}|>", FACIAL)
     return aligned, kept
 

@@ -18,6 +18,8 @@ def read_tensors(path: str, holder: str, fix: str) -> Mapping:
     read; the format is told by the file's first bytes, not its name.
     """
     name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise WeightFileError(f"'{path}' does not exist.", fix)
     try:
         with open(path, "rb") as f:
             head = f.read(9)

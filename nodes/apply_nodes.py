@@ -6,7 +6,8 @@ from .common import PackNode, node_schema, warn
 from .merge_step import NODES as MERGE_NODES
 from .official_sampling import NODES as OFFICIAL_NODES
 from .types import ConsistentID, Identity
-from .unet_patch import apply_to_model, check_model_arch
+from .base_model import check_model
+from .unet_patch import apply_to_model
 
 
 class ConsistentIDApply(PackNode):
@@ -47,7 +48,7 @@ class ConsistentIDApply(PackNode):
     def execute(cls, model, consistentid, identity, weight, lora_strength, start_at, end_at,
                 mask=None) -> io.NodeOutput:
         with cls.running(weight=weight, lora_strength=lora_strength, start_at=start_at, end_at=end_at):
-            check_model_arch(model, consistentid.weights)
+            check_model(model, consistentid.weights)
             check_adapter(identity, consistentid.weights.arch, consistentid.projection_sha256(),
                           consistentid.weights.name)
             tokens = identity.cond_tokens

@@ -7,18 +7,16 @@ import comfy.model_management
 
 from ..consistentid_core.errors import ConsistentIDError
 from ..consistentid_core.regions import CLIP_SIZE
+from . import host
 
 HIDDEN_SIZE = 1280
 NUM_LAYERS = 32
 
 
 def _check_vit_h(clip_vision) -> None:
-    vision = getattr(getattr(clip_vision, "model", None), "vision_model", None)
-    layers = getattr(getattr(vision, "encoder", None), "layers", ())
-    width = getattr(getattr(vision, "post_layernorm", None), "weight", torch.empty(0)).shape[-1]
-    siglip = getattr(clip_vision, "return_all_hidden_states", False)
-    if vision is None or width != HIDDEN_SIZE or len(layers) != NUM_LAYERS or siglip:
-        found = (f"width {width}, {len(layers)} layers" if vision is not None
+    tower = host.vision_tower(clip_vision)
+    if tower != (HIDDEN_SIZE, NUM_LAYERS):
+        found = (f"width {tower[0]}, {tower[1]} layers" if tower is not None
                  else type(getattr(clip_vision, "model", None)).__name__)
         raise ConsistentIDError(
             f"The CLIP vision model is not CLIP-ViT-H-14 ({found}); ConsistentID was trained on "
@@ -40,7 +38,7 @@ def encode_penultimate(clip_vision, pixels: torch.Tensor) -> torch.Tensor:
     comfy.model_management.load_model_gpu(clip_vision.patcher)
     device = clip_vision.load_device
     dtype = torch.float32 if comfy.model_management.is_device_cpu(device) else clip_vision.dtype
-    _, penultimate, _, _ = clip_vision.model(pixel_values=pixels.to(device, dtype), intermediate_output=-2)
+    penultimate = host.penultimate_states(clip_vision, pixels.to(device, dtype))
     return penultimate.to(comfy.model_management.intermediate_device(), torch.float32)
 
 

@@ -3,11 +3,12 @@ import torch
 
 from comfy_api.latest import io
 
-from ..consistentid_core.checkpoint import check_arch
 from ..consistentid_core.conditioning import Embedding, facial_conditioning
 from ..consistentid_core.prompt import DEFAULT_CAPTIONS
 from ..consistentid_core.regions import REGION_PARTS
 from ..consistentid_core.tokenizer import BIGG_PAD_TOKEN, HFClipBPE
+from . import host
+from .base_model import check_clip
 from .common import PackNode, node_schema
 from .managed import compute_dtype, on_device
 from .types import ConsistentID, Identity
@@ -15,16 +16,12 @@ from .types import ConsistentID, Identity
 DEFAULT_NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality, blurry"
 
 
-def clip_arch(clip) -> str:
-    """"sdxl" for a CLIP-L + CLIP-G text encoder, "sd15" for CLIP-L alone (what the checkpoints pair with)."""
-    return "sdxl" if hasattr(clip.tokenizer, "clip_g") else "sd15"
-
-
 def _bpe(clip) -> dict[str, HFClipBPE]:
     """The official tokenizers on the host's vocabularies: CLIP-L as it is, bigG with its official pad token."""
-    bpe = {"l": HFClipBPE(clip.tokenizer.clip_l.tokenizer)}
-    if hasattr(clip.tokenizer, "clip_g"):
-        bpe["g"] = HFClipBPE(clip.tokenizer.clip_g.tokenizer, BIGG_PAD_TOKEN)
+    tokenizers = host.text_tokenizers(clip)
+    bpe = {"l": HFClipBPE(host.vocabulary(tokenizers["clip_l"]))}
+    if "clip_g" in tokenizers:
+        bpe["g"] = HFClipBPE(host.vocabulary(tokenizers["clip_g"]), BIGG_PAD_TOKEN)
     return bpe
 
 
@@ -92,8 +89,7 @@ class ConsistentIDFacialEncoder(PackNode):
     def execute(cls, consistentid, clip, identity, prompt, negative_prompt, caption=None,
                 **region_weights) -> io.NodeOutput:
         with cls.running(**region_weights):
-            arch = clip_arch(clip)
-            check_arch(consistentid.weights, arch, "the CLIP model")
+            arch = check_clip(clip, consistentid.weights)
             encoder = on_device(consistentid.facial_encoder(compute_dtype()))
             with torch.no_grad():
                 result = facial_conditioning(encoder, identity.regions, prompt, negative_prompt, _bpe(clip),

@@ -11,7 +11,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..consistentid_core.errors import ConsistentIDError, WeightFileError
+from ..consistentid_core.errors import ConsistentIDError
 from ..consistentid_core.face_id import FACE_CHOICES, ON_NO_FACE, face_ids
 from ..consistentid_core.identity import COMBINE, blend, check_adapter, encode_identity, image_sha256
 from ..consistentid_core.identity_file import load_identity, save_identity
@@ -21,6 +21,7 @@ from ..consistentid_core.tensor_files import tensors_sha256
 from .clip_vision import encode_penultimate, zero_image_features
 from .common import PackNode, node_schema
 from .managed import compute_dtype, on_device
+from . import paths
 from .paths import IDENTITY_FOLDER, ModelInput
 from .types import ConsistentID, Identity, InsightFace, RegionEmbeds
 
@@ -140,12 +141,7 @@ class ConsistentIDFaceEncode(PackNode):
 
 
 def _identity_path(name: str) -> str:
-    path = folder_paths.get_full_path(IDENTITY_FOLDER, name)
-    if path is None or not os.path.isfile(path):
-        raise WeightFileError(
-            f"Identity file '{name}' was not found in {' or '.join(folder_paths.get_folder_paths(IDENTITY_FOLDER))}.",
-            "Save it there with ConsistentID Save Identity (or copy it there), then press 'r' in ComfyUI.")
-    return path
+    return paths.resolve(IDENTITY_FOLDER, name)
 
 
 class ConsistentIDSaveIdentity(PackNode):

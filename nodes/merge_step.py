@@ -24,6 +24,7 @@ from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import io
 
 from ..consistentid_core.errors import ConsistentIDError, message
+from . import host
 from .common import PackNode, node_label, node_schema
 
 TAG_KEY = "consistentid_merge"  # on each entry of the positive: its Placement
@@ -131,11 +132,11 @@ def check_run(conds: dict, sigmas: torch.Tensor, sampling) -> None:
         problem = run_problem(placement, sigmas, sampling)
         if problem is not None:
             logging.warning(problem)
-            _show_on_node(placement.node_id, problem)
+            host.show_on_node(placement.node_id, problem)
 
 
 def _check_run(executor, guider, sigmas, *args, **kwargs):
-    check_run(guider.conds, sigmas, guider.inner_model.model_sampling)
+    check_run(host.run_conds(guider), sigmas, host.run_model_sampling(guider))
     return executor(guider, sigmas, *args, **kwargs)
 
 
@@ -144,15 +145,6 @@ def watch_runs(model_patcher) -> None:
     ``SAMPLER_SAMPLE`` wrapper, once per run."""
     model_patcher.remove_wrappers_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY)
     model_patcher.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY, _check_run)
-
-
-def _show_on_node(node_id: str | None, text: str) -> None:
-    try:
-        from server import PromptServer
-    except ImportError:  # ComfyUI imported as a library, without its web server
-        return
-    if node_id is not None and PromptServer.instance is not None:
-        PromptServer.instance.send_progress_text(text, node_id)
 
 
 def _merge_step_problem(merge_step: int, steps: int) -> ConsistentIDError | None:

@@ -11,6 +11,7 @@ from comfy_api.latest import io
 
 from ..consistentid_core.errors import ConsistentIDError
 from ..consistentid_core.official_schedule import official_sigmas, sigma_at, timestep_at, training_sigmas
+from . import host
 from .common import PackNode, node_schema
 
 
@@ -42,7 +43,7 @@ def _schedule_problem(model) -> ConsistentIDError | None:
     """Why the MODEL's noise schedule is not the scaled-linear discrete one the official schedule is built on."""
     sampling = model.get_model_object("model_sampling")
     # ComfyUI's "linear" beta schedule is diffusers' "scaled_linear" (evenly spaced square roots of the betas).
-    beta_schedule = model.model.model_config.sampling_settings.get("beta_schedule", "linear")
+    beta_schedule = host.beta_schedule(model)
     discrete = comfy.model_sampling.ModelSamplingDiscrete
     plain = isinstance(sampling, OfficialSchedule) or (
         isinstance(sampling, discrete) and type(sampling).timestep is discrete.timestep and not sampling.zsnr)

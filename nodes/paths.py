@@ -69,14 +69,18 @@ def resolve(folder: str, name: str) -> str:
     if path is not None and os.path.isfile(path):
         return path
     folders = folder_paths.get_folder_paths(folder)
-    release, download = RELEASES[folder]
     present = folder_paths.get_filename_list(folder)
     there = (f" Files there: {', '.join(present[:_LISTED])}{' …' if len(present) > _LISTED else ''}." if present
              else " There are no model files there.")
-    if name in release:
-        fix = f"Download {name} from {download} and put it into {folders[0]}"
-    else:
-        fix = (f"Select one of the files there, or put '{name}' into {folders[0]} (the release files "
-               f"{' and '.join(release)} are at {download})")
     raise WeightFileError(f"Model file '{name}' was not found in {' or '.join(folders)}.{there}",
-                          f"{fix}, then press 'r' in ComfyUI to refresh the lists.")
+                          f"{_how_to_get(folder, name, folders[0])}, then press 'r' in ComfyUI to refresh the lists.")
+
+
+def _how_to_get(folder: str, name: str, into: str) -> str:
+    if folder == IDENTITY_FOLDER:
+        return f"Select one of the files there, or save '{name}' there with ConsistentID Save Identity (or copy it there)"
+    release, download = RELEASES[folder]
+    if name in release:
+        return f"Download {name} from {download} and put it into {into}"
+    return (f"Select one of the files there, or put '{name}' into {into} (the release files "
+            f"{' and '.join(release)} are at {download})")

@@ -32,12 +32,12 @@ from comfy.patcher_extension import CallbacksMP, WrappersMP
 from comfy.weight_adapter import LoRAAdapter
 
 from ..consistentid_core.attention import ip_weights, lora_deltas
-from ..consistentid_core.checkpoint import RELEASE_FILES, ConsistentIDWeights
+from ..consistentid_core.checkpoint import ConsistentIDWeights
 from ..consistentid_core.errors import ConsistentIDError, ModelMismatchError, message
-from ..consistentid_core.unet_layout import ARCH_NAMES, CROSS_ATTENTION_DIM, PROCESSORS
+from ..consistentid_core.unet_layout import PROCESSORS
+from .base_model import check_model
 from .merge_step import watch_runs
 
-_ARCH_OF_CONTEXT_DIM = {dim: arch for arch, dim in CROSS_ATTENTION_DIM.items()}
 LORA_KEY = "consistentid_lora"  # in model_options: {adapter file: LoRA strength} of the LoRAs merged so far
 CLONE_KEY = "consistentid_face_id"
 SIGMA_KEY = "consistentid_sigma"  # in transformer_options: the sigma of the current model evaluation, a float
@@ -201,25 +201,6 @@ def _mask_batch(mask: torch.Tensor) -> torch.Tensor:
     return mask.detach().float().cpu().reshape(-1, *mask.shape[-2:])
 
 
-def model_arch(model) -> str | None:
-    """``"sd15"``/``"sdxl"`` from the UNet's cross-attention width, ``None`` for any other model."""
-    return _ARCH_OF_CONTEXT_DIM.get(model.model.model_config.unet_config.get("context_dim"))
-
-
-def check_model_arch(model, weights: ConsistentIDWeights) -> None:
-    arch = model_arch(model)
-    if arch == weights.arch:
-        return
-    model_name = type(model.model.model_config).__name__
-    if arch is None:
-        fix = f"Use an {weights.arch_name} checkpoint: ConsistentID exists for SD1.5 and SDXL only."
-    else:
-        fix = (f"Load the {ARCH_NAMES[arch]} ConsistentID file ({RELEASE_FILES[arch]}) for this MODEL, "
-               f"or use an {weights.arch_name} checkpoint with '{weights.name}'.")
-    raise ModelMismatchError(
-        f"'{weights.name}' is an {weights.arch_name} ConsistentID adapter, but the MODEL is {model_name}.", fix)
-
-
 def _id_kv(tokens: torch.Tensor, uncond: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor, heads: int):
     """Keys and values of the positive and negative ID tokens, ``[2, heads, T, d]`` each."""
     both = torch.stack([tokens, uncond]).float()
@@ -259,7 +240,7 @@ def apply_to_model(model, weights: ConsistentIDWeights, cond_tokens: torch.Tenso
     Applied again to its own result, e.g. with another identity and mask, it adds a second branch and keeps
     the LoRA merged once (see ``_merge_lora``).
     """
-    check_model_arch(model, weights)
+    check_model(model, weights)
     if start_at > end_at:
         raise ConsistentIDError(f"start_at {start_at} is after end_at {end_at}, so the face-ID tokens would "
                                 f"never be used.", "Set start_at below end_at (the official range is 0 to 1).")

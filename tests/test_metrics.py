@@ -14,7 +14,7 @@ from consistentid_core.dino import IMAGE_SIZE, dino_embed, dino_pixels, load_din
 from consistentid_core.errors import WeightFileError
 from consistentid_core.facesim import NO_FACE, face_similarity
 from consistentid_core.parsing import load_face_parser, parse_labels
-from consistentid_core.regions import FaceRegions, face_regions
+from consistentid_core.regions import REGION_PARTS, FaceRegions, face_regions
 from consistentid_core.score_chart import BAR_COLOUR, MISSING_COLOUR, PLOT_HEIGHT, Bar, bar_chart
 from consistentid_core.similarity import cosine, mean_of
 from weightgen.dino import write_dino
@@ -254,7 +254,7 @@ def test_fgis_of_two_portraits_equals_an_independent_computation(dino_file, dino
     assert result.fgis == pytest.approx(np.mean(list(scores.values())), abs=1e-4)
     assert min(scores.values()) < 0.99  # the regions differ, so the comparison is not of constants
     assert list(result.scores) == ["face", "eyes", "ears", "nose", "mouth"]
-    assert result.missing == {region: "both" for region in fgis.REGIONS if region not in scores}
+    assert result.missing == {region: "both" for region in REGION_PARTS if region not in scores}
 
 
 def test_fgis_of_a_photo_against_itself_is_one(dino_file, photos, parsed):
@@ -282,10 +282,11 @@ def test_fgis_names_regions_missing_on_either_side_and_leaves_them_out():
     assert result.missing == {"ears": "both", "nose": "image", "mouth": "reference"}
     assert result.fgis == pytest.approx((result.scores["face"] + result.scores["eyes"]) / 2)
     assert "nose: not in the image" in result.line(1) and "mouth: not in the reference" in result.line(1)
+    assert "ears: in neither image" in result.line(1)
 
     [nothing] = fgis.fgis_scores(embed, rgb, regions("Nose"), [rgb], [regions("Face")])
     assert nothing.fgis is None and "no common region" in nothing.line(1)
-    assert nothing.record(1) == {"image": 1, "fgis": None, "regions": dict.fromkeys(fgis.REGIONS),
+    assert nothing.record(1) == {"image": 1, "fgis": None, "regions": dict.fromkeys(REGION_PARTS),
                                  "missing": {"face": "reference", "eyes": "both", "ears": "both", "nose": "image",
                                              "mouth": "both"}}
     chart = fgis.chart([result, nothing])

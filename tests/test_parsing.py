@@ -107,8 +107,8 @@ def assert_names_both_layouts(err: WeightFileError, path) -> None:
 
 def test_corrupt_file_is_refused(tmp_path):
     path = tmp_path / "face_parsing.pth"
-    path.write_bytes(b"\x80\x02 this is not a checkpoint")
-    with pytest.raises(WeightFileError, match="could not be read") as err:
+    path.write_bytes(b"PK\x03\x04 a truncated torch.save archive")
+    with pytest.raises(WeightFileError, match="is not a readable checkpoint") as err:
         load_face_parser(str(path))
     assert_names_both_layouts(err.value, path)
 
@@ -117,7 +117,7 @@ def test_truncated_safetensors_is_refused(tmp_path):
     path = tmp_path / "face_parsing.safetensors"
     save_file({"cp.resnet.conv1.weight": torch.zeros(64, 3, 7, 7)}, path)
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(WeightFileError, match="could not be read") as err:
+    with pytest.raises(WeightFileError, match="is not a readable checkpoint") as err:
         load_face_parser(str(path))
     assert_names_both_layouts(err.value, path)
 
@@ -125,7 +125,7 @@ def test_truncated_safetensors_is_refused(tmp_path):
 def test_pickle_with_code_is_refused(tmp_path):
     path = tmp_path / "face_parsing.pth"
     torch.save({"model": Image.new("L", (2, 2))}, path)
-    with pytest.raises(WeightFileError, match="needs code execution"):
+    with pytest.raises(WeightFileError, match="would run code"):
         load_face_parser(str(path))
 
 
@@ -146,6 +146,15 @@ def test_wrong_class_count_is_refused():
     with pytest.raises(WeightFileError, match=r"wrong shapes \(3\): conv_out.conv_out.weight \(11, 256, 1, 1\) "
                                               r"\(expected \(19, 256, 1, 1\)\)"):
         official_state_dict(state)
+
+
+def test_safetensors_named_pth_is_read_by_its_contents(face_parser_files, tmp_path):
+    official = load_face_parser(str(face_parser_files["face_parsing_official"]))
+    path = tmp_path / "face_parsing.pth"
+    save_file(official.state_dict(), path)
+    renamed = load_face_parser(str(path))
+    for key, value in official.state_dict().items():
+        torch.testing.assert_close(renamed.state_dict()[key], value)
 
 
 def test_missing_file_is_refused(tmp_path):

@@ -128,7 +128,7 @@ def test_sdxl_adapter_on_sd15_model_is_refused(host, pack, base):
     tokens, uncond = _tokens(2048)
     with pytest.raises(pack.errors.ModelMismatchError) as err:
         pack.unet_patch.apply_to_model(base, _weights(pack, "sdxl", with_adapter=False), tokens, uncond)
-    assert "is an SDXL ConsistentID adapter, but the MODEL is SD15." in str(err.value)
+    assert "is an SDXL ConsistentID adapter, but the MODEL is SD1.5." in str(err.value)
     assert "ConsistentID-v1.bin" in str(err.value)
 
 
