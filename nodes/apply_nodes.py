@@ -47,19 +47,18 @@ class ConsistentIDApply(PackNode):
     @classmethod
     def execute(cls, model, consistentid, identity, weight, lora_strength, start_at, end_at,
                 mask=None) -> io.NodeOutput:
-        with cls.running(weight=weight, lora_strength=lora_strength, start_at=start_at, end_at=end_at):
-            check_model(model, consistentid.weights)
-            check_adapter(identity, consistentid.weights.arch, consistentid.projection_sha256(),
-                          consistentid.weights.name)
-            tokens = identity.cond_tokens
-            if tokens is None:
-                warn(cls, "The identity has no face-ID tokens (no face was found and on_no_face was 'skip'), so "
-                          "only the adapter's LoRA applies.",
-                     "Use a clear, well-lit frontal photo of one face, or set Face Encode's on_no_face to 'error'.")
-                weight = 0.0
-            patched = apply_to_model(model, consistentid.weights, tokens, identity.uncond_tokens, weight, start_at,
-                                     end_at, lora_strength, mask)
-            return io.NodeOutput(patched)
+        check_model(model, consistentid.weights)
+        check_adapter(identity, consistentid.weights.arch, consistentid.projection_sha256(),
+                      consistentid.weights.name)
+        tokens = identity.cond_tokens
+        if tokens is None:
+            warn(cls, "The identity has no face-ID tokens (no face was found and on_no_face was 'skip'), so "
+                      "only the adapter's LoRA applies.",
+                 "Use a clear, well-lit frontal photo of one face, or set Face Encode's on_no_face to 'error'.")
+            weight = 0.0
+        patched = apply_to_model(model, consistentid.weights, tokens, identity.uncond_tokens, weight, start_at,
+                                 end_at, lora_strength, mask)
+        return io.NodeOutput(patched)
 
 
 NODES = [ConsistentIDApply, *MERGE_NODES, *OFFICIAL_NODES]

@@ -1,22 +1,16 @@
-"""What every node of the pack shares: its schema frame, its name in messages, the check of its options, and
-models shared between nodes."""
+"""The frame of every node of the pack: its schema, its name in messages, and the check of every input it
+declares before its ``execute`` runs."""
+import functools
+import inspect
 import logging
-import os
-import weakref
-from collections.abc import Callable, Hashable
-from contextlib import contextmanager
-from typing import TypeVar
 
 from comfy_api.latest import io
 
-from ..consistentid_core.errors import ConsistentIDError, WeightFileError, message
-from .paths import ModelInput
+from ..consistentid_core.errors import ConsistentIDError, message
+from .input_checks import link_problem, option_problem
 
 CATEGORY = "ConsistentID"
 _PREFIX = "ConsistentID "  # of every display name; a step inside the all-in-one is named without it
-_LISTED = 20  # allowed values named in a message
-
-T = TypeVar("T")
 
 _display_names: dict[str, str] = {}  # node id -> display name, of every node built with node_schema
 
@@ -48,109 +42,52 @@ def warn(cls, problem: str, fix: str) -> None:
 
 
 class PackNode(io.ComfyNode):
-    """A node of the pack: it checks every combo and number input itself, since the host checks no V3 combo and
-    nothing that arrives through a link or from the all-in-one's expansion, and its errors name it."""
+    """A node of the pack. Every input its schema declares is checked before its ``execute`` runs (so no node
+    lists its inputs again), and a pack error raised inside is named after the node as the user sees it."""
 
-    @classmethod
-    def input_problem(cls, values: dict) -> ConsistentIDError | None:
-        """What is wrong with ``values``; a linked input is ``None`` until its value arrives."""
-        return _option_problem(cls.define_schema(), values)
-
-    @classmethod
-    def check(cls, **values) -> None:
-        """Raise the first problem of ``values``, named after the node."""
-        problem = cls.input_problem(values)
-        if problem is not None:
-            raise problem.attach_node(node_label(cls))
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        execute = cls.__dict__.get("execute")
+        # The host's per-run class clones copy the class dict, the checked execute included.
+        if execute is not None and not getattr(execute.__func__, "checked", False):
+            cls.execute = classmethod(_checked(execute.__func__))
 
     @classmethod
     def validate_inputs(cls, **values) -> bool:
         # Taking **values switches off the host's own min/max and combo checks of every input (execution.py skips
-        # them for a validator with **kwargs): input_problem replaces them, with the pack's message naming the
-        # node and the fix (tests/host/test_options_and_memory.py). Raised, not returned: the host repeats a
-        # returned message once per input (each marked as the culprit), while a raised one is reported once.
-        cls.check(**values)
+        # them for a validator with **kwargs), knowingly: the checks below replace them, with the pack's message
+        # naming the node and the fix (tests/host/test_options_and_memory.py), and they also cover what the host's
+        # miss (NaN, a literal where a link belongs). Raised, not returned: the host repeats a returned message once
+        # per input (each marked as the culprit), while a raised one is reported once.
+        problem = cls.input_problem(values, complete=False)
+        if problem is not None:
+            raise problem.attach_node(node_label(cls))
         return True
 
     @classmethod
-    @contextmanager
-    def running(cls, **options):
-        """The body of ``execute``: ``options`` checked (linked values are known only now), and an error of the
-        pack raised inside named after the node."""
-        cls.check(**options)
+    def input_problem(cls, values: dict, complete: bool) -> ConsistentIDError | None:
+        """What is wrong with ``values``; ``complete`` when the node runs, every linked value known. A node with a
+        rule across inputs adds it here."""
+        schema = cls.define_schema()
+        return option_problem(schema, values) or link_problem(schema, values, complete)
+
+
+def _checked(execute):
+    signature = inspect.signature(execute)
+    _var_keyword = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
+
+    @functools.wraps(execute)
+    def run(cls, *args, **kwargs):
+        bound = signature.bind(cls, *args, **kwargs).arguments
+        # An execute may take some inputs as **keywords (the Facial Encoder's region weights).
+        values = {**bound.pop(_var_keyword, {}), **bound} if _var_keyword else bound
+        problem = cls.input_problem(values, complete=True)
+        if problem is not None:
+            raise problem.attach_node(node_label(cls))
         try:
-            yield
+            return execute(cls, *args, **kwargs)
         except ConsistentIDError as err:
             raise err.attach_node(node_label(cls))
 
-
-def _option_problem(schema: io.Schema, values: dict) -> ConsistentIDError | None:
-    """The first combo or number value of ``values`` that ``schema`` does not allow."""
-    for spec in schema.inputs:
-        value = values.get(spec.id)
-        if value is None:
-            continue
-        if isinstance(spec, ModelInput) and isinstance(value, str):
-            problem = _missing_model(spec, value)
-        elif isinstance(spec, io.Combo.Input):
-            problem = _combo_problem(spec, value)
-        elif isinstance(spec, (io.Int.Input, io.Float.Input)):
-            problem = _number_problem(spec, value)
-        else:
-            continue
-        if problem is not None:
-            return problem
-    return None
-
-
-def _missing_model(spec: ModelInput, value: str) -> WeightFileError | None:
-    try:
-        spec.locate(value)
-    except WeightFileError as err:
-        return err
-    return None
-
-
-def _combo_problem(spec: io.Combo.Input, value) -> ConsistentIDError | None:
-    if value in spec.options:
-        return None
-    listed = ", ".join(map(repr, spec.options[:_LISTED]))
-    more = f" … ({len(spec.options)} in all)" if len(spec.options) > _LISTED else ""
-    return ConsistentIDError(f"{spec.id} is {value!r}, which is not one of its values: {listed}{more}.",
-                             f"Set {spec.id} to one of these values. {spec.id}: {spec.tooltip}")
-
-
-def _number_problem(spec: io.Int.Input | io.Float.Input, value) -> ConsistentIDError | None:
-    integral = isinstance(spec, io.Int.Input)
-    step = spec.step if integral and spec.step and spec.step > 1 else None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if ((not integral or float(value).is_integer()) and (spec.min is None or value >= spec.min)
-                and (spec.max is None or value <= spec.max) and (step is None or value % step == 0)):
-            return None
-    allowed = ("a whole number" if integral else "a number") + ("" if spec.min is None else f" from {spec.min}") + (
-        "" if spec.max is None else f" to {spec.max}") + (f", a multiple of {step}" if step else "")
-    return ConsistentIDError(f"{spec.id} is {value!r}; it must be {allowed}.",
-                             f"Set {spec.id} to {allowed}. {spec.id}: {spec.tooltip}")
-
-
-def shared(cache: "weakref.WeakValueDictionary[Hashable, T]", key: Hashable, load: Callable[[], T]) -> T:
-    """``load()``, shared by every node that asks for ``key`` while the object is still in use.
-
-    ``cache`` holds no reference of its own, so the object is freed with the last node output that holds it
-    (ComfyUI's "Free model and node cache", ``/free`` with ``free_memory``, or a workflow without the node).
-    """
-    value = cache.get(key)
-    if value is None:
-        value = load()
-        cache[key] = value
-    return value
-
-
-def shared_file(cache: "weakref.WeakValueDictionary[tuple[str, float], T]", path: str,
-                load: Callable[[str], T]) -> T:
-    """``load(path)``, shared while in use and the file is unchanged on disk; each read is logged."""
-    def read() -> T:
-        value = load(path)
-        logging.info("[ConsistentID] Loaded %s from %s.", os.path.basename(path), os.path.dirname(path))
-        return value
-    return shared(cache, (path, os.path.getmtime(path)), read)
+    run.checked = True
+    return run

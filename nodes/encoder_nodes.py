@@ -88,14 +88,13 @@ class ConsistentIDFacialEncoder(PackNode):
     @classmethod
     def execute(cls, consistentid, clip, identity, prompt, negative_prompt, caption=None,
                 **region_weights) -> io.NodeOutput:
-        with cls.running(**region_weights):
-            arch = check_clip(clip, consistentid.weights)
-            encoder = on_device(consistentid.facial_encoder(compute_dtype()))
-            with torch.no_grad():
-                result = facial_conditioning(encoder, identity.regions, prompt, negative_prompt, _bpe(clip),
-                                             _encoder(clip), arch, caption or None, region_weights)
-            return io.NodeOutput(_conditioning(result.text_only), _conditioning(result.facial),
-                                 _conditioning(result.negative))
+        arch = check_clip(clip, consistentid.weights)
+        encoder = on_device(consistentid.facial_encoder(compute_dtype()))
+        with torch.no_grad():
+            result = facial_conditioning(encoder, identity.regions, prompt, negative_prompt, _bpe(clip),
+                                         _encoder(clip), arch, caption or None, region_weights)
+        return io.NodeOutput(_conditioning(result.text_only), _conditioning(result.facial),
+                             _conditioning(result.negative))
 
 
 NODES = [ConsistentIDFacialEncoder]

@@ -13,7 +13,8 @@ from ..consistentid_core.parsing import load_face_parser, parse_labels
 from ..consistentid_core.regions import (LABEL_COLOURS, RegionFeatures, face_regions, mask_at_size,
                                          region_pixels)
 from .clip_vision import encode_penultimate, zero_image_features
-from .common import PackNode, node_schema, shared_file
+from .caches import shared_file
+from .common import PackNode, node_schema
 from .managed import on_device
 from .paths import model_input, resolve
 from .types import FaceParser, FaceRegions, RegionEmbeds
@@ -43,8 +44,7 @@ class ConsistentIDFaceParserLoader(PackNode):
 
     @classmethod
     def execute(cls, parser_name) -> io.NodeOutput:
-        with cls.running(parser_name=parser_name):
-            return io.NodeOutput(shared_file(_parsers, resolve("face_parsing", parser_name), load_face_parser))
+        return io.NodeOutput(shared_file(_parsers, resolve("face_parsing", parser_name), load_face_parser))
 
 
 def _preview(rgb: np.ndarray, label_map: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
@@ -90,25 +90,24 @@ class ConsistentIDFaceParse(PackNode):
 
     @classmethod
     def execute(cls, face_parser, image, parse_size) -> io.NodeOutput:
-        with cls.running(parse_size=parse_size):
-            photos = images_from_batch(image)
-            parser = on_device(face_parser)
-            bar = comfy.utils.ProgressBar(len(photos))
-            regions, previews, masks = [], [], []
-            for rgb in photos:
-                found = face_regions(parse_labels(parser, rgb, int(parse_size)))
-                height, width = rgb.shape[:2]
-                at_size = [np.array(mask_at_size(mask, width, height)) for mask in found.masks.values()]
-                regions.append(found)
-                previews.append(torch.from_numpy(_preview(rgb, found.label_map, at_size)))
-                masks.extend(torch.from_numpy(mask) for mask in at_size)
-                bar.update(1)
-            if not masks:
-                masks.append(torch.zeros(photos[0].shape[:2], dtype=torch.uint8))
-            preview = torch.stack(previews).float().div_(255)
-            # Shown on the node itself, so the regions can be checked without wiring a Preview Image.
-            return io.NodeOutput(regions, preview, torch.stack(masks).float().div_(255),
-                                 ui=ui.PreviewImage(preview, cls=cls))
+        photos = images_from_batch(image)
+        parser = on_device(face_parser)
+        bar = comfy.utils.ProgressBar(len(photos))
+        regions, previews, masks = [], [], []
+        for rgb in photos:
+            found = face_regions(parse_labels(parser, rgb, int(parse_size)))
+            height, width = rgb.shape[:2]
+            at_size = [np.array(mask_at_size(mask, width, height)) for mask in found.masks.values()]
+            regions.append(found)
+            previews.append(torch.from_numpy(_preview(rgb, found.label_map, at_size)))
+            masks.extend(torch.from_numpy(mask) for mask in at_size)
+            bar.update(1)
+        if not masks:
+            masks.append(torch.zeros(photos[0].shape[:2], dtype=torch.uint8))
+        preview = torch.stack(previews).float().div_(255)
+        # Shown on the node itself, so the regions can be checked without wiring a Preview Image.
+        return io.NodeOutput(regions, preview, torch.stack(masks).float().div_(255),
+                             ui=ui.PreviewImage(preview, cls=cls))
 
 
 class ConsistentIDRegionEmbed(PackNode):
@@ -130,24 +129,23 @@ class ConsistentIDRegionEmbed(PackNode):
 
     @classmethod
     def execute(cls, clip_vision, image, face_regions) -> io.NodeOutput:
-        with cls.running():
-            photos = images_from_batch(image)
-            check_same_photos(len(photos), len(face_regions), "the face regions")
-            bar = comfy.utils.ProgressBar(len(photos) + 1)
-            pixels = []
-            for rgb, found in zip(photos, face_regions):
-                pixels.append(region_pixels(rgb, found.masks))
-                bar.update(1)
-            zero = zero_image_features(clip_vision)
-            batch = torch.cat(pixels)
-            # A parse may keep no region at all; the zero features then fill every slot.
-            features = encode_penultimate(clip_vision, batch) if len(batch) else zero.new_zeros(0, *zero.shape)
+        photos = images_from_batch(image)
+        check_same_photos(len(photos), len(face_regions), "the face regions")
+        bar = comfy.utils.ProgressBar(len(photos) + 1)
+        pixels = []
+        for rgb, found in zip(photos, face_regions):
+            pixels.append(region_pixels(rgb, found.masks))
             bar.update(1)
-            embeds, start = [], 0
-            for found, region in zip(face_regions, pixels):
-                embeds.append(RegionFeatures(list(found.masks), features[start:start + len(region)], zero))
-                start += len(region)
-            return io.NodeOutput(embeds)
+        zero = zero_image_features(clip_vision)
+        batch = torch.cat(pixels)
+        # A parse may keep no region at all; the zero features then fill every slot.
+        features = encode_penultimate(clip_vision, batch) if len(batch) else zero.new_zeros(0, *zero.shape)
+        bar.update(1)
+        embeds, start = [], 0
+        for found, region in zip(face_regions, pixels):
+            embeds.append(RegionFeatures(list(found.masks), features[start:start + len(region)], zero))
+            start += len(region)
+        return io.NodeOutput(embeds)
 
 
 NODES = [ConsistentIDFaceParserLoader, ConsistentIDFaceParse, ConsistentIDRegionEmbed]

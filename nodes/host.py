@@ -73,3 +73,22 @@ def penultimate_states(clip_vision, pixels: torch.Tensor) -> torch.Tensor:
     device and in its dtype."""
     _, penultimate, _, _ = clip_vision.model(pixel_values=pixels, intermediate_output=-2)
     return penultimate
+
+
+def _model_patcher() -> type:
+    import comfy.model_patcher
+    return comfy.model_patcher.ModelPatcher
+
+
+def _clip() -> type:
+    import comfy.sd
+    return comfy.sd.CLIP
+
+
+def _clip_vision() -> type:
+    import comfy.clip_vision
+    return comfy.clip_vision.ClipVisionModel
+
+
+# The Python class of the values each host socket type carries, by socket type.
+OBJECT_SOCKETS = {"MODEL": _model_patcher, "CLIP": _clip, "CLIP_VISION": _clip_vision}

@@ -119,25 +119,24 @@ class ConsistentIDFaceEncode(PackNode):
     @classmethod
     def execute(cls, consistentid, clip_vision, insightface, image, region_embeds, face, face_index, combine,
                 on_no_face) -> io.NodeOutput:
-        with cls.running(face=face, face_index=face_index, combine=combine, on_no_face=on_no_face):
-            photos = images_from_batch(image)
-            check_same_photos(len(photos), len(region_embeds), "the region embeds")
-            sdxl = consistentid.weights.arch == "sdxl"
-            bar = comfy.utils.ProgressBar(len(photos) + 1)
-            results = face_ids(insightface, photos, on_no_face, det_size=None, bgr_input=sdxl, choose=face,
-                               index=face_index, done=lambda: bar.update(1))
-            used = [i for i, r in enumerate(results) if r.embedding is not None or on_no_face == "zero"]
-            zero = zero_image_features(clip_vision)
-            hidden = (encode_penultimate(clip_vision, torch.stack([clip_pixels(photos[i]) for i in used]))
-                      if used else zero.new_zeros(0, *zero.shape))
-            projection = on_device(consistentid.projection(compute_dtype()))
-            source = _source(consistentid, clip_vision, insightface, photos, region_embeds, face=face,
-                             face_index=face_index, combine=combine, on_no_face=on_no_face, bgr_input=sdxl)
-            identity = encode_identity(projection, [results[i] for i in used], hidden, zero, region_embeds, combine,
-                                       shortcut=sdxl, source=source)
-            bar.update(1)
-            preview = torch.from_numpy(np.stack([_preview(rgb, r) for rgb, r in zip(photos, results)])).float() / 255
-            return io.NodeOutput(identity, preview, ui=ui.PreviewImage(preview, cls=cls))
+        photos = images_from_batch(image)
+        check_same_photos(len(photos), len(region_embeds), "the region embeds")
+        sdxl = consistentid.weights.arch == "sdxl"
+        bar = comfy.utils.ProgressBar(len(photos) + 1)
+        results = face_ids(insightface, photos, on_no_face, det_size=None, bgr_input=sdxl, choose=face,
+                           index=face_index, done=lambda: bar.update(1))
+        used = [i for i, r in enumerate(results) if r.embedding is not None or on_no_face == "zero"]
+        zero = zero_image_features(clip_vision)
+        hidden = (encode_penultimate(clip_vision, torch.stack([clip_pixels(photos[i]) for i in used]))
+                  if used else zero.new_zeros(0, *zero.shape))
+        projection = on_device(consistentid.projection(compute_dtype()))
+        source = _source(consistentid, clip_vision, insightface, photos, region_embeds, face=face,
+                         face_index=face_index, combine=combine, on_no_face=on_no_face, bgr_input=sdxl)
+        identity = encode_identity(projection, [results[i] for i in used], hidden, zero, region_embeds, combine,
+                                   shortcut=sdxl, source=source)
+        bar.update(1)
+        preview = torch.from_numpy(np.stack([_preview(rgb, r) for rgb, r in zip(photos, results)])).float() / 255
+        return io.NodeOutput(identity, preview, ui=ui.PreviewImage(preview, cls=cls))
 
 
 def _identity_path(name: str) -> str:
@@ -165,19 +164,18 @@ class ConsistentIDSaveIdentity(PackNode):
 
     @classmethod
     def execute(cls, identity, filename_prefix) -> io.NodeOutput:
-        with cls.running():
-            folder = folder_paths.get_folder_paths(IDENTITY_FOLDER)[0]
-            try:
-                full_folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, folder)
-            except Exception as err:  # the host raises a bare Exception for a prefix leading outside the folder
-                raise ConsistentIDError(f"filename_prefix '{filename_prefix}' cannot be used ({err}).",
-                                        "Use a name inside the identities folder, e.g. 'person' or "
-                                        "'family/anna'.") from err
-            os.makedirs(full_folder, exist_ok=True)
-            file = f"{name}_{counter:05}_.safetensors"
-            save_identity(identity, os.path.join(full_folder, file))
-            saved = os.path.join(subfolder, file) if subfolder else file
-            return io.NodeOutput(ui=ui.PreviewText(f"Saved {saved} in {folder}"))
+        folder = folder_paths.get_folder_paths(IDENTITY_FOLDER)[0]
+        try:
+            full_folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, folder)
+        except Exception as err:  # the host raises a bare Exception for a prefix leading outside the folder
+            raise ConsistentIDError(f"filename_prefix '{filename_prefix}' cannot be used ({err}).",
+                                    "Use a name inside the identities folder, e.g. 'person' or "
+                                    "'family/anna'.") from err
+        os.makedirs(full_folder, exist_ok=True)
+        file = f"{name}_{counter:05}_.safetensors"
+        save_identity(identity, os.path.join(full_folder, file))
+        saved = os.path.join(subfolder, file) if subfolder else file
+        return io.NodeOutput(ui=ui.PreviewText(f"Saved {saved} in {folder}"))
 
 
 class ConsistentIDLoadIdentity(PackNode):
@@ -200,11 +198,10 @@ class ConsistentIDLoadIdentity(PackNode):
 
     @classmethod
     def execute(cls, consistentid, identity_name) -> io.NodeOutput:
-        with cls.running(identity_name=identity_name):
-            identity = load_identity(_identity_path(identity_name))
-            check_adapter(identity, consistentid.weights.arch, consistentid.projection_sha256(),
-                          consistentid.weights.name)
-            return io.NodeOutput(identity)
+        identity = load_identity(_identity_path(identity_name))
+        check_adapter(identity, consistentid.weights.arch, consistentid.projection_sha256(),
+                      consistentid.weights.name)
+        return io.NodeOutput(identity)
 
     @classmethod
     def fingerprint_inputs(cls, identity_name, **_):
@@ -233,8 +230,7 @@ class ConsistentIDBlendIdentities(PackNode):
 
     @classmethod
     def execute(cls, identity_a, identity_b, weight) -> io.NodeOutput:
-        with cls.running(weight=weight):
-            return io.NodeOutput(blend(identity_a, identity_b, weight))
+        return io.NodeOutput(blend(identity_a, identity_b, weight))
 
 
 NODES = [ConsistentIDFaceEncode, ConsistentIDSaveIdentity, ConsistentIDLoadIdentity, ConsistentIDBlendIdentities]

@@ -8,7 +8,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..consistentid_core.errors import ConsistentIDError, WeightFileError
-from .common import PackNode, node_schema, shared, warn
+from .caches import shared
+from .common import PackNode, node_schema, warn
 from .paths import ModelInput
 from .types import InsightFace
 
@@ -136,16 +137,15 @@ class ConsistentIDInsightFaceLoader(PackNode):
 
     @classmethod
     def execute(cls, pack: str, provider: str, det_size: int) -> io.NodeOutput:
-        with cls.running(pack=pack, provider=provider, det_size=det_size):
-            app = load_insightface(pack, provider, det_size)
-            arcface = os.path.basename(app.models["recognition"].model_file)
-            trained = KNOWN_PACKS[TRAINED_WITH][1]
-            if arcface != trained:
-                warn(cls, f"The InsightFace pack '{pack}' recognises faces with {arcface}, not {TRAINED_WITH}'s "
-                          f"{trained}: ConsistentID was trained on {TRAINED_WITH}'s ArcFace embeddings, so the "
-                          "face-ID tokens will match the person less well.",
-                     f"Select {TRAINED_WITH} (download: {DOWNLOADS[TRAINED_WITH]}).")
-            return io.NodeOutput(app)
+        app = load_insightface(pack, provider, det_size)
+        arcface = os.path.basename(app.models["recognition"].model_file)
+        trained = KNOWN_PACKS[TRAINED_WITH][1]
+        if arcface != trained:
+            warn(cls, f"The InsightFace pack '{pack}' recognises faces with {arcface}, not {TRAINED_WITH}'s "
+                      f"{trained}: ConsistentID was trained on {TRAINED_WITH}'s ArcFace embeddings, so the "
+                      "face-ID tokens will match the person less well.",
+                 f"Select {TRAINED_WITH} (download: {DOWNLOADS[TRAINED_WITH]}).")
+        return io.NodeOutput(app)
 
 
 NODES = [ConsistentIDInsightFaceLoader]

@@ -10,7 +10,8 @@ from comfy_api.latest import io
 
 from ..consistentid_core.checkpoint import ConsistentIDModel, load_checkpoint
 from . import paths
-from .common import PackNode, node_schema, shared_file
+from .caches import shared_file
+from .common import PackNode, node_schema
 from .types import ConsistentID
 
 _LOADED: "weakref.WeakValueDictionary[tuple[str, float], ConsistentIDModel]" = weakref.WeakValueDictionary()
@@ -41,8 +42,7 @@ class ConsistentIDLoader(PackNode):
 
     @classmethod
     def execute(cls, consistentid_name: str) -> io.NodeOutput:
-        with cls.running(consistentid_name=consistentid_name):
-            return io.NodeOutput(load_consistentid(paths.resolve("consistentid", consistentid_name)))
+        return io.NodeOutput(load_consistentid(paths.resolve("consistentid", consistentid_name)))
 
 
 NODES = [ConsistentIDLoader]

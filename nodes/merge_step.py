@@ -177,17 +177,16 @@ def _merge_inputs() -> list:
 
 class _Merge(PackNode):
     @classmethod
-    def input_problem(cls, values: dict) -> ConsistentIDError | None:
+    def input_problem(cls, values: dict, complete: bool) -> ConsistentIDError | None:
         merge_step, steps = values.get("merge_step"), values.get("steps")
-        return super().input_problem(values) or (
+        return super().input_problem(values, complete) or (
             None if merge_step is None or steps is None else _merge_step_problem(merge_step, steps))
 
     @classmethod
     def positive(cls, text_only, facial, merge_step, steps, scheduler) -> list:
-        with cls.running(merge_step=merge_step, steps=steps, scheduler=scheduler):
-            placement = Placement(merge_step, steps, scheduler, boundary_percent(merge_step, steps, scheduler),
-                                  node_label(cls), cls.hidden.unique_id if cls.hidden is not None else None)
-            return merge_conditioning(text_only, facial, placement)
+        placement = Placement(merge_step, steps, scheduler, boundary_percent(merge_step, steps, scheduler),
+                              node_label(cls), cls.hidden.unique_id if cls.hidden is not None else None)
+        return merge_conditioning(text_only, facial, placement)
 
 
 class ConsistentIDMergeStep(_Merge):

@@ -10,7 +10,8 @@ from ..consistentid_core.dino import RELEASE_FILE, dino_embed, load_dino
 from ..consistentid_core.errors import InputImageError
 from ..consistentid_core.facesim import face_similarity
 from ..consistentid_core.images import images_from_batch
-from .common import PackNode, node_schema, shared_file
+from .caches import shared_file
+from .common import PackNode, node_schema
 from .managed import on_device
 from .paths import model_input, resolve
 from .types import Dino, FaceRegions, InsightFace
@@ -67,12 +68,11 @@ class ConsistentIDFaceSim(PackNode):
 
     @classmethod
     def execute(cls, insightface, reference, images) -> io.NodeOutput:
-        with cls.running():
-            result = face_similarity(insightface, _one_reference(reference, "reference"), images_from_batch(images))
-            chart = torch.from_numpy(result.chart()).float().div_(255).unsqueeze(0)
-            text = result.text()
-            return io.NodeOutput(_numbers(result.scores), text, chart,
-                                 ui=_chart_ui(cls, chart, text, "facesim", result.records()))
+        result = face_similarity(insightface, _one_reference(reference, "reference"), images_from_batch(images))
+        chart = torch.from_numpy(result.chart()).float().div_(255).unsqueeze(0)
+        text = result.text()
+        return io.NodeOutput(_numbers(result.scores), text, chart,
+                             ui=_chart_ui(cls, chart, text, "facesim", result.records()))
 
 
 class ConsistentIDDinoLoader(PackNode):
@@ -94,8 +94,7 @@ class ConsistentIDDinoLoader(PackNode):
 
     @classmethod
     def execute(cls, dino_name) -> io.NodeOutput:
-        with cls.running(dino_name=dino_name):
-            return io.NodeOutput(shared_file(_dinos, resolve("dino", dino_name), load_dino))
+        return io.NodeOutput(shared_file(_dinos, resolve("dino", dino_name), load_dino))
 
 
 class ConsistentIDFGIS(PackNode):
@@ -131,24 +130,23 @@ class ConsistentIDFGIS(PackNode):
 
     @classmethod
     def execute(cls, dino, reference, reference_regions, images, image_regions) -> io.NodeOutput:
-        with cls.running():
-            photo = _one_reference(reference, "reference")
-            generated = images_from_batch(images)
-            for name, pictures, regions in (("reference", [photo], reference_regions),
-                                            ("images", generated, image_regions)):
-                if len(pictures) != len(regions):
-                    raise InputImageError(
-                        f"{name} has {len(pictures)} image(s) but its face regions come from {len(regions)}.",
-                        f"Connect the image that goes into {name} to the ConsistentID Face Parse that feeds "
-                        f"{'reference_regions' if name == 'reference' else 'image_regions'}.")
-            model = on_device(dino)
-            results = fgis.fgis_scores(lambda pixels: dino_embed(model, pixels), photo, reference_regions[0],
-                                       generated, image_regions)
-            chart = torch.from_numpy(fgis.chart(results)).float().div_(255).unsqueeze(0)
-            text = fgis.report(results)
-            records = [result.record(number) for number, result in enumerate(results, start=1)]
-            return io.NodeOutput(_numbers(result.fgis for result in results), text, chart,
-                                 ui=_chart_ui(cls, chart, text, "fgis", records))
+        photo = _one_reference(reference, "reference")
+        generated = images_from_batch(images)
+        for name, pictures, regions in (("reference", [photo], reference_regions),
+                                        ("images", generated, image_regions)):
+            if len(pictures) != len(regions):
+                raise InputImageError(
+                    f"{name} has {len(pictures)} image(s) but its face regions come from {len(regions)}.",
+                    f"Connect the image that goes into {name} to the ConsistentID Face Parse that feeds "
+                    f"{'reference_regions' if name == 'reference' else 'image_regions'}.")
+        model = on_device(dino)
+        results = fgis.fgis_scores(lambda pixels: dino_embed(model, pixels), photo, reference_regions[0],
+                                   generated, image_regions)
+        chart = torch.from_numpy(fgis.chart(results)).float().div_(255).unsqueeze(0)
+        text = fgis.report(results)
+        records = [result.record(number) for number, result in enumerate(results, start=1)]
+        return io.NodeOutput(_numbers(result.fgis for result in results), text, chart,
+                             ui=_chart_ui(cls, chart, text, "fgis", records))
 
 
 NODES = [ConsistentIDFaceSim, ConsistentIDDinoLoader, ConsistentIDFGIS]

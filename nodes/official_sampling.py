@@ -94,10 +94,9 @@ class ConsistentIDOfficialSampling(PackNode):
 
     @classmethod
     def execute(cls, model, steps) -> io.NodeOutput:
-        with cls.running(steps=steps):
-            patched = with_official_sampling(model)
-            training = patched.get_model_object("model_sampling").sigmas
-            return io.NodeOutput(patched, official_sigmas(training, steps))
+        patched = with_official_sampling(model)
+        training = patched.get_model_object("model_sampling").sigmas
+        return io.NodeOutput(patched, official_sigmas(training, steps))
 
 
 NODES = [ConsistentIDOfficialSampling]

@@ -69,10 +69,6 @@ class ConsistentIDSimple(PackNode):
     @classmethod
     def execute(cls, model, clip, clip_vision, image, prompt, negative_prompt, consistentid_name, parser_name,
                 insightface_pack, provider, base_model, weight, merge_step, steps, scheduler) -> io.NodeOutput:
-        # Linked options are known only now, and base_model picks from the tables above.
-        cls.check(consistentid_name=consistentid_name, parser_name=parser_name, insightface_pack=insightface_pack,
-                  provider=provider, base_model=base_model, weight=weight, merge_step=merge_step, steps=steps,
-                  scheduler=scheduler)
         graph = GraphBuilder()
         adapter = graph.node("ConsistentIDLoader", consistentid_name=consistentid_name)
         parser = graph.node("ConsistentIDFaceParserLoader", parser_name=parser_name)

@@ -30,7 +30,7 @@ CHECKED_AT_EXECUTE = {
                        "values: 'average', 'concatenate'. Fix: Set combine to one of these values."),
     "identity file missing": ("nodes.identity_nodes", "ConsistentIDLoadIdentity",
                               dict(consistentid=None, identity_name="nobody.safetensors"),
-                              "[ConsistentID · ConsistentID Load Identity] Identity file 'nobody.safetensors' was "
+                              "[ConsistentID · ConsistentID Load Identity] Model file 'nobody.safetensors' was "
                               "not found in "),
     "blend weight 1.5": ("nodes.identity_nodes", "ConsistentIDBlendIdentities",
                          dict(identity_a=None, identity_b=None, weight=1.5),
