@@ -49,6 +49,17 @@ def _prepare(app, det_size: tuple[int, int] | None) -> None:
         app.prepare(ctx_id=0, det_thresh=getattr(app, "det_thresh", 0.5), det_size=tuple(det_size))
 
 
+def left_to_right(boxes) -> list[int]:
+    """Positions of the detected faces (boxes ``x1, y1, x2, y2`` in the detector's order) from the left of the
+    picture: the one numbering of faces that face_index, the log and the preview use (from 0)."""
+    return sorted(range(len(boxes)), key=lambda i: float(boxes[i][0]))
+
+
+def face_number(result: FaceIDResult) -> int:
+    """The face used, numbered from the left from 0 (as :func:`left_to_right`)."""
+    return left_to_right(result.boxes).index(result.index)
+
+
 def _chosen(faces: list, choose: str, index: int) -> int:
     """Position in ``faces`` of the face to use: the highest detector score (the official ``faces[0]``), the
     largest box, or the ``index``-th face counted from the left of the picture."""
@@ -60,7 +71,7 @@ def _chosen(faces: list, choose: str, index: int) -> int:
                 f"face_index {index} asks for face {index + 1} from the left, but only {len(faces)} "
                 f"face(s) were found.",
                 f"Set face_index to 0..{len(faces) - 1} (0 is the leftmost face; the preview numbers them).")
-        return sorted(range(len(faces)), key=lambda i: float(faces[i].bbox[0]))[index]
+        return left_to_right([face.bbox for face in faces])[index]
     return max(range(len(faces)), key=lambda i: float(faces[i].det_score))
 
 
@@ -118,9 +129,10 @@ def face_ids(app, images: list[np.ndarray], on_no_face: str = "error",
         elif result.num_faces > 1:
             box = ", ".join(f"{v:.0f}" for v in result.bbox)
             why = {"highest score": f"the highest detector score ({result.score:.3f})", "largest": "the largest",
-                   "index": f"number {index} from the left"}[choose]
-            logging.warning("[ConsistentID] %s: %d faces found; using face %d, %s, box x1,y1,x2,y2 = %s.",
-                            where, result.num_faces, result.index + 1, why, box)
+                   "index": "as face_index asks"}[choose]
+            logging.warning("[ConsistentID] %s: %d faces found; using face %d (numbered from the left from 0, as "
+                            "face_index and the preview count), %s, box x1,y1,x2,y2 = %s.",
+                            where, result.num_faces, face_number(result), why, box)
         results.append(result)
         if done is not None:
             done()

@@ -49,6 +49,13 @@ def run_model_sampling(guider):
     return guider.inner_model.model_sampling
 
 
+def run_sampler_name(executor) -> str:
+    """The k-diffusion sampler (``euler``, ``heun``, …) of a sampler run, as a ``SAMPLER_SAMPLE`` wrapper sees it:
+    the wrapper's executor wraps the KSAMPLER object, which holds its sampler function."""
+    function = getattr(executor.class_obj, "sampler_function", None)
+    return getattr(function, "__name__", type(executor.class_obj).__name__).removeprefix("sample_")
+
+
 def show_on_node(node_id: str | None, text: str) -> None:
     """Show ``text`` on a node in the browser, as ComfyUI's nodes show progress text; nothing where ComfyUI runs
     as a library without its server."""
@@ -66,6 +73,11 @@ def vision_tower(clip_vision) -> tuple[int, int] | None:
     if vision is None or getattr(clip_vision, "return_all_hidden_states", False):
         return None
     return vision.post_layernorm.weight.shape[-1], len(vision.encoder.layers)
+
+
+def patch_embedding(clip_vision) -> torch.Tensor:
+    """The weight of a CLIP vision model's first layer (its patch embedding)."""
+    return clip_vision.model.vision_model.embeddings.patch_embedding.weight
 
 
 def penultimate_states(clip_vision, pixels: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,8 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..consistentid_core.errors import ConsistentIDError
-from ..consistentid_core.face_id import FACE_CHOICES, ON_NO_FACE, face_ids
-from ..consistentid_core.identity import COMBINE, blend, check_adapter, encode_identity, image_sha256
+from ..consistentid_core.face_id import FACE_CHOICES, ON_NO_FACE, face_ids, left_to_right
+from ..consistentid_core.identity import COMBINE, AdapterRef, blend, check_adapter, encode_identity, image_sha256
 from ..consistentid_core.identity_file import load_identity, save_identity
 from ..consistentid_core.images import check_same_photos, images_from_batch
 from ..consistentid_core.regions import clip_pixels
@@ -21,7 +21,7 @@ from ..consistentid_core.tensor_files import tensors_sha256
 from .clip_vision import encode_penultimate, zero_image_features
 from .common import PackNode, node_schema
 from .managed import compute_dtype, on_device
-from . import paths
+from . import host, paths
 from .paths import IDENTITY_FOLDER, ModelInput
 from .types import ConsistentID, Identity, InsightFace, RegionEmbeds
 
@@ -40,13 +40,11 @@ def _file_sha256(path: str) -> str:
     return _file_hashes[key]
 
 
-def _source(consistentid, clip_vision, insightface, photos, region_embeds, **settings) -> dict[str, str]:
+def _source(clip_vision, insightface, photos, region_embeds, **settings) -> dict[str, str]:
     """What produced an identity, as the strings a file's metadata holds."""
     recognition = insightface.models["recognition"].model_file
-    patch = clip_vision.model.vision_model.embeddings.patch_embedding.weight
+    patch = host.patch_embedding(clip_vision)
     return {
-        "base_model": consistentid.weights.arch, "adapter": consistentid.weights.name,
-        "adapter_sha256": consistentid.projection_sha256(),
         # Of the first layer only, as float32: enough to tell CLIP models apart, cheap, and the same whichever
         # dtype the host loaded it in from a float32 file.
         "clip_vision_sha256": tensors_sha256({"patch_embedding": patch.float()}),
@@ -67,8 +65,7 @@ def _preview(rgb: np.ndarray, result) -> np.ndarray:
     if result.boxes is None:
         return out
     thickness = max(1, min(out.shape[:2]) // 200)
-    order = sorted(range(len(result.boxes)), key=lambda i: float(result.boxes[i][0]))
-    for number, i in enumerate(order):
+    for number, i in enumerate(left_to_right(result.boxes)):
         x1, y1, x2, y2 = (int(round(float(v))) for v in result.boxes[i])
         colour = (0, 220, 0) if i == result.index else (220, 40, 40)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness * (2 if i == result.index else 1))
@@ -130,10 +127,11 @@ class ConsistentIDFaceEncode(PackNode):
         hidden = (encode_penultimate(clip_vision, torch.stack([clip_pixels(photos[i]) for i in used]))
                   if used else zero.new_zeros(0, *zero.shape))
         projection = on_device(consistentid.projection(compute_dtype()))
-        source = _source(consistentid, clip_vision, insightface, photos, region_embeds, face=face,
+        source = _source(clip_vision, insightface, photos, region_embeds, face=face,
                          face_index=face_index, combine=combine, on_no_face=on_no_face, bgr_input=sdxl)
+        adapter = AdapterRef(consistentid.weights.arch, consistentid.weights.name, consistentid.projection_sha256())
         identity = encode_identity(projection, [results[i] for i in used], hidden, zero, region_embeds, combine,
-                                   shortcut=sdxl, source=source)
+                                   shortcut=sdxl, adapter=adapter, source=source)
         bar.update(1)
         preview = torch.from_numpy(np.stack([_preview(rgb, r) for rgb, r in zip(photos, results)])).float() / 255
         return io.NodeOutput(identity, preview, ui=ui.PreviewImage(preview, cls=cls))
@@ -141,6 +139,35 @@ class ConsistentIDFaceEncode(PackNode):
 
 def _identity_path(name: str) -> str:
     return paths.resolve(IDENTITY_FOLDER, name)
+
+
+_MAX_PREFIX = 200  # characters: file systems allow 255 per name, and the counter and extension follow
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+
+
+def _prefix_problem(prefix: str) -> str | None:
+    """Why Save Identity's prefix would write a hidden, odd or unportable file (beyond the host's own rule that
+    it stays inside the folder), or ``None``."""
+    if len(prefix) > _MAX_PREFIX:
+        return f"it is {len(prefix)} characters long, more than {_MAX_PREFIX}"
+    if any(ord(c) < 32 or c in '<>:"|?*\\' for c in prefix):
+        return "it holds a control character (a line break, NUL, …) or one of < > : \" | ? * \\"
+    parts = prefix.split("/")
+    if any(part.strip() in ("", ".", "..") or part.startswith((".", "~")) for part in parts):
+        return "a part of it is empty or starts with '.' or '~', which would write a hidden or misplaced file"
+    if any(part.split(".")[0].strip().lower() in _RESERVED for part in parts):
+        return "a part of it is a name Windows reserves (CON, NUL, COM1, …)"
+    return None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# The mode of files ComfyUI writes (0644 under the usual umask): safetensors writes identity files 0600.
+_FILE_MODE = 0o666 & ~_umask()
 
 
 class ConsistentIDSaveIdentity(PackNode):
@@ -164,6 +191,10 @@ class ConsistentIDSaveIdentity(PackNode):
 
     @classmethod
     def execute(cls, identity, filename_prefix) -> io.NodeOutput:
+        problem = _prefix_problem(filename_prefix)
+        if problem is not None:
+            raise ConsistentIDError(f"filename_prefix {filename_prefix[:60]!r} cannot be used: {problem}.",
+                                    "Use a name inside the identities folder, e.g. 'person' or 'family/anna'.")
         folder = folder_paths.get_folder_paths(IDENTITY_FOLDER)[0]
         try:
             full_folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, folder)
@@ -174,6 +205,7 @@ class ConsistentIDSaveIdentity(PackNode):
         os.makedirs(full_folder, exist_ok=True)
         file = f"{name}_{counter:05}_.safetensors"
         save_identity(identity, os.path.join(full_folder, file))
+        os.chmod(os.path.join(full_folder, file), _FILE_MODE)
         saved = os.path.join(subfolder, file) if subfolder else file
         return io.NodeOutput(ui=ui.PreviewText(f"Saved {saved} in {folder}"))
 

@@ -6,13 +6,21 @@ the UNet each timestep rounded to an integer (the demo passes 946.42…, 893.84�
 scaled by √(1 + σ_max²) where the demo uses σ_max. This node swaps the MODEL's model sampling for one that keeps
 the demo's fractional timesteps and starting noise, and outputs the demo's sigmas for SamplerCustom.
 """
+import functools
+import logging
+
+import torch
+
 import comfy.model_sampling
+from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import io
 
-from ..consistentid_core.errors import ConsistentIDError
+from ..consistentid_core.errors import ConsistentIDError, message
 from ..consistentid_core.official_schedule import official_sigmas, sigma_at, timestep_at, training_sigmas
 from . import host
-from .common import PackNode, node_schema
+from .common import PackNode, node_label, node_schema
+
+WRAPPER_KEY = "consistentid_official_check"
 
 
 class OfficialSchedule:
@@ -95,8 +103,35 @@ class ConsistentIDOfficialSampling(PackNode):
     @classmethod
     def execute(cls, model, steps) -> io.NodeOutput:
         patched = with_official_sampling(model)
-        training = patched.get_model_object("model_sampling").sigmas
-        return io.NodeOutput(patched, official_sigmas(training, steps))
+        sigmas = official_sigmas(patched.get_model_object("model_sampling").sigmas, steps)
+        node_id = cls.hidden.unique_id if cls.hidden is not None else None
+        patched.remove_wrappers_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY)
+        patched.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, WRAPPER_KEY,
+                                     functools.partial(_check_run, sigmas, node_label(cls), node_id))
+        return io.NodeOutput(patched, sigmas)
+
+
+def run_problem(official: torch.Tensor, sampler: str, run: torch.Tensor, node: str) -> str | None:
+    """Why a run with ``sampler`` over the sigmas ``run`` is not the official trajectory of ``official``, as a
+    warning naming the node; ``None`` when it is."""
+    problems = []
+    if sampler != "euler":
+        problems.append(f"it samples with {sampler}, not euler (the demo's diffusers Euler)")
+    if run.shape != official.shape or not torch.allclose(run.float().cpu(), official.float().cpu(), rtol=1e-5):
+        problems.append(f"its {len(run) - 1} steps are not this node's {len(official) - 1}-step official sigmas")
+    if not problems:
+        return None
+    return message(f"This run does not follow the official trajectory: {'; '.join(problems)}. It still samples, "
+                   f"with the demo's timesteps, but not the demo's picture.",
+                   "Sample with SamplerCustom: sampler euler (KSamplerSelect), sigmas from this node.", node)
+
+
+def _check_run(official, node, node_id, executor, guider, sigmas, *args, **kwargs):
+    problem = run_problem(official, host.run_sampler_name(executor), sigmas, node)
+    if problem is not None:
+        logging.warning(problem)
+        host.show_on_node(node_id, problem)
+    return executor(guider, sigmas, *args, **kwargs)
 
 
 NODES = [ConsistentIDOfficialSampling]

@@ -13,8 +13,8 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def assert_same_identity(got, expected, source: dict | None = None) -> None:
-    """Two identities: every tensor bit for bit (dtypes included), the region names, and the source (``source``
-    if given)."""
+    """Two identities: every tensor bit for bit (dtypes included), the region names, the adapter, and the
+    source (``source`` if given)."""
     assert (got.cond_tokens is None) == (expected.cond_tokens is None)
     pairs = [(got.uncond_tokens, expected.uncond_tokens), (got.regions.features, expected.regions.features),
              (got.regions.zero_features, expected.regions.zero_features), (got.arcface, expected.arcface),
@@ -23,7 +23,7 @@ def assert_same_identity(got, expected, source: dict | None = None) -> None:
         pairs.append((got.cond_tokens, expected.cond_tokens))
     for a, b in pairs:
         assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(_bits(a), _bits(b))
-    assert got.regions.names == expected.regions.names
+    assert got.regions.names == expected.regions.names and got.adapter == expected.adapter
     assert dict(got.source) == dict(expected.source if source is None else source)
 
 

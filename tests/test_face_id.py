@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from consistentid_core.errors import InputImageError, NoFaceError
-from consistentid_core.face_id import face_embedding, face_ids, id_vectors
+from consistentid_core.face_id import face_embedding, face_ids, face_number, id_vectors
 from weightgen.insightface_pack import DETECTOR_OUTPUTS, write_packs
 
 PORTRAITS = ("astronaut.png", "grace_hopper.jpg")
@@ -175,8 +175,8 @@ def test_several_faces_use_the_highest_score_and_say_which(caplog):
     with caplog.at_level(logging.WARNING):
         batch = face_id_batch(crowd, [np.zeros((64, 64, 3), np.uint8)])
     assert torch.equal(batch, torch.full((1, 512), 2.0))
-    assert "image 1 of 1: 3 faces found; using face 2, the highest detector score (0.900), " \
-           "box x1,y1,x2,y2 = 12, 22, 112, 142" in caplog.text
+    assert "image 1 of 1: 3 faces found; using face 1 (numbered from the left from 0, as face_index and the preview " \
+           "count), the highest detector score (0.900), box x1,y1,x2,y2 = 12, 22, 112, 142" in caplog.text
 
 
 def _crowd():
@@ -193,6 +193,8 @@ def _crowd():
 def test_the_face_to_use_is_chosen_by_score_size_or_position(choose, index, kept):
     result = face_embedding(_crowd(), np.zeros((64, 64, 3), np.uint8), choose=choose, index=index)
     assert result.index == kept and result.embedding[0] == kept + 1
+    # One numbering everywhere: left to right from 0 (face 2 is leftmost, then 0, then 1).
+    assert face_number(result) == [1, 2, 0][kept]
     assert result.boxes.shape == (3, 4) and np.array_equal(result.bbox, result.boxes[kept])
 
 

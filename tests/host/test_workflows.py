@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import workflows
 from comfy_host import PACK_DIR_NAME, HostError, cached_nodes, executed_nodes, node_seconds
 from dev_env import FLOOR
 from PIL import Image
+from safetensors.torch import load_file
 from workflows import load_api, node_ids, set_inputs
 
 pytestmark = pytest.mark.host
@@ -236,10 +238,26 @@ def test_latent_batch_of_two(server):
     assert np.abs(first - second).mean() > 1.0
 
 
-def test_inpaint_workflow(server):
-    prompt = tiny(server, INPAINT)
-    [path] = saved_images(server, prompt, server.queue(prompt))
-    check_image(path, (WIDTH, HEIGHT))  # the inpainted picture's own size
+def test_inpaint_workflow_changes_only_the_masked_area(server):
+    """The inpaint example's mask is the transparent rectangle of its target (pixels 16:64 × 16:48, latent cells
+    2:8 × 2:6): two seeds give latents that differ inside it and are the same away from it (to float rounding:
+    the host blends sampled and original latent with the resized mask, which is 0 there)."""
+    latents = []
+    for seed in (1, 2):
+        prompt = set_inputs(tiny(server, INPAINT), "KSampler", seed=seed)
+        [sampler] = node_ids(prompt, "KSampler")
+        prompt["latent"] = {"class_type": "SaveLatent",
+                            "inputs": {"samples": [sampler, 0], "filename_prefix": f"latents/inpaint_{seed}"}}
+        entry = server.queue(prompt)
+        [path] = saved_images(server, prompt, entry)
+        check_image(path, (WIDTH, HEIGHT))  # the inpainted picture's own size
+        [saved] = entry["outputs"]["latent"]["latents"]
+        latents.append(load_file(server.image_file({"type": "output", **saved}))["latent_tensor"])
+    first, second = latents
+    assert first.shape == (1, 4, HEIGHT // 8, WIDTH // 8)
+    assert (first[..., 3:7, 3:5] - second[..., 3:7, 3:5]).abs().mean() > 0.1
+    for outside in (np.s_[..., 10:, :], np.s_[..., :, 7:]):
+        torch.testing.assert_close(first[outside], second[outside], rtol=0, atol=1e-5)
 
 
 def test_controlnet_workflow(server):

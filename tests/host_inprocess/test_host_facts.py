@@ -120,6 +120,23 @@ def test_run_conds_and_model_sampling_in_a_sampler_run(host, facts, base):
     assert seen["sigma"] == pytest.approx(14.6146, rel=1e-4) and seen["first"] == pytest.approx(14.6146, rel=1e-4)
 
 
+def test_run_sampler_name_in_a_sampler_run(host, facts, base):
+    from comfy.patcher_extension import WrappersMP
+
+    names = []
+
+    def watch(executor, *args, **kwargs):
+        names.append(facts.run_sampler_name(executor))
+        return executor(*args, **kwargs)
+
+    model = base.clone()
+    model.add_wrapper_with_key(WrappersMP.SAMPLER_SAMPLE, "test", watch)
+    cond, latent = [[torch.zeros(1, 77, 768), {}]], torch.zeros(1, 4, 8, 8)
+    for sampler in ("euler", "heun", "dpmpp_2m"):
+        host.sample.sample(model, host.sample.prepare_noise(latent, 0), 1, 1.0, sampler, "normal", cond, cond, latent)
+    assert names == ["euler", "heun", "dpmpp_2m"]
+
+
 def test_show_on_node_sends_progress_text(host, facts, monkeypatch):
     # server.py cannot be imported beside the test tools (its "utils" package clashes), so the host's method is
     # checked in its source and the call through a stand-in server.

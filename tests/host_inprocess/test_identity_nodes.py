@@ -185,7 +185,9 @@ def test_a_saved_identity_loads_bit_identical_and_samples_as_the_live_one(host, 
     assert_same_identity(loaded, live, _file_source(live))
     assert live.regions.names == ["Face", "Left_Eye", "Left_Ear", "Upper_Lip"]
     assert live.cond_tokens.shape == (1, 4, 768) and live.arcface.shape == (1, 512) and live.faces.shape == (1, 6)
-    assert (live.source["adapter"], live.source["adapter_sha256"]) == (UNIT, adapters[UNIT].projection_sha256())
+    assert (live.adapter.arch, live.adapter.name, live.adapter.sha256) == (
+        "sd15", UNIT, adapters[UNIT].projection_sha256())
+    assert not {"base_model", "adapter", "adapter_sha256"} & set(live.source)
     assert live.source["insightface"] == "buffalo_l" and live.source["combine"] == "average"
 
     latent = _generate(host, nodes, sd15, adapters[UNIT], live)
@@ -290,7 +292,7 @@ def test_blend_is_a_or_b_exactly_at_the_ends_and_refuses_other_adapters(pack, no
     for weight, side in ((1.0, a), (0.0, b)):
         mixed = blend(a, b, weight)
         assert_same_identity(mixed, side, {**{key: a.source[key] for key in (
-            "base_model", "adapter", "adapter_sha256", "clip_vision_sha256", "insightface", "insightface_recognition",
+            "clip_vision_sha256", "insightface", "insightface_recognition",
             "insightface_recognition_sha256")}, "blend": f"{weight:g}·A + {1 - weight:g}·B",
             "images_sha256": side.source["images_sha256"]})
 
@@ -355,3 +357,51 @@ def test_the_preview_boxes_every_face_and_the_one_used_in_green(pack):
     assert tuple(preview[55, 75]) == (128, 128, 128)
     no_face = face_id.FaceIDResult(None, 0, None, None)
     assert np.array_equal(pack.load("nodes.identity_nodes")._preview(photo, no_face), photo)
+
+
+# ------------------------------------------------------------------------------------- reliability of files
+
+@pytest.mark.parametrize("prefix, why", [
+    ("", "a part of it is empty"), (".", "a part of it is empty"), ("..", "a part of it is empty"),
+    (".hidden", "starts with '.' or '~'"), ("~", "starts with '.' or '~'"), ("family//anna", "a part of it is empty"),
+    ("x" * 300, "it is 300 characters long, more than 200"), ("anna\nbob", "it holds a control character"),
+    ("an\0na", "it holds a control character"), ("a:b", "it holds a control character"),
+    ("CON", "a name Windows reserves"), ("family/nul.txt", "a name Windows reserves")])
+def test_save_prefixes_that_would_write_hidden_or_odd_files_are_refused(pack, nodes, single, identities_folder,
+                                                                       prefix, why):
+    before = sorted(p.name for p in identities_folder.rglob("*"))
+    with pytest.raises(pack.errors.ConsistentIDError) as refused:
+        nodes.SaveIdentity.execute(single[A], prefix)
+    assert str(refused.value).startswith("[ConsistentID · ConsistentID Save Identity] filename_prefix ")
+    assert why in str(refused.value) and "Fix: Use a name inside the identities folder" in str(refused.value)
+    assert sorted(p.name for p in identities_folder.rglob("*")) == before
+
+
+def test_identity_files_get_the_mode_of_comfyuis_outputs(nodes, single, identities_folder):
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    nodes.SaveIdentity.execute(single[A], "modes/anna")
+    assert (identities_folder / "modes" / "anna_00001_.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_changed_identity_file_is_refused_by_load_identity_by_name(pack, nodes, adapters, single,
+                                                                    identities_folder):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    nodes.SaveIdentity.execute(single[A], "changed/anna")
+    path = identities_folder / "changed" / "anna_00001_.safetensors"
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(path)
+    tensors["cond_tokens"] = tensors["cond_tokens"].clone()
+    tensors["cond_tokens"][0, 0, 0] = float("nan")
+    save_file(tensors, path, metadata)
+    with pytest.raises(pack.errors.ConsistentIDError) as refused:
+        nodes.LoadIdentity.execute(adapters[UNIT], "changed/anna_00001_.safetensors")
+    assert str(refused.value) == (
+        "[ConsistentID · ConsistentID Load Identity] 'anna_00001_.safetensors' is not a valid identity file: "
+        "cond_tokens holds NaN or infinite values. Fix: Select a file written by ConsistentID Save Identity, or "
+        "encode the photos again.")

@@ -87,3 +87,25 @@ def test_nan_weights_are_refused(pack, models):
     apply = pack.load("nodes.apply_nodes").ConsistentIDApply
     with pytest.raises(pack.errors.ConsistentIDError, match=r"weight is nan; it must be a number from -1.0 to 3.0"):
         apply.validate_inputs(weight=math.nan)
+
+
+def test_official_sampling_used_outside_what_it_reproduces_warns(host, pack, base, caplog):
+    import logging
+
+    official = pack.load("nodes.official_sampling").ConsistentIDOfficialSampling
+    model, sigmas = official.execute(base, 2).result
+    cond, latent = [[torch.zeros(1, 77, 768), {}]], torch.zeros(1, 4, 8, 8)
+    noise = host.sample.prepare_noise(latent, 0)
+    runs = {"official": ("euler", sigmas), "heun": ("heun", sigmas), "karras": ("euler", None)}
+    warned = {}
+    for name, (sampler, run_sigmas) in runs.items():
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            host.sample.sample(model, noise, 2, 1.0, sampler, "karras", cond, cond, latent, sigmas=run_sigmas)
+        warned[name] = [r.getMessage() for r in caplog.records if "official trajectory" in r.getMessage()]
+    assert warned["official"] == []
+    assert warned["heun"] == [
+        "[ConsistentID · ConsistentID Official Sampling] This run does not follow the official trajectory: it samples "
+        "with heun, not euler (the demo's diffusers Euler). It still samples, with the demo's timesteps, but not the "
+        "demo's picture. Fix: Sample with SamplerCustom: sampler euler (KSamplerSelect), sigmas from this node."]
+    assert len(warned["karras"]) == 1 and "its 2 steps are not this node's 2-step official sigmas" in warned["karras"][0]
