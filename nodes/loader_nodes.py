@@ -13,7 +13,7 @@ from . import paths
 from .common import PackNode, node_schema, shared_file
 from .types import ConsistentID
 
-_LOADED: "weakref.WeakValueDictionary[tuple[str, float], ConsistentIDModel]" = weakref.WeakValueDictionary()
+_LOADED: weakref.WeakValueDictionary[tuple[str, float], ConsistentIDModel] = weakref.WeakValueDictionary()
 
 
 def load_consistentid(path: str) -> ConsistentIDModel:

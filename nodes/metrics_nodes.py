@@ -15,7 +15,7 @@ from .managed import on_device
 from .paths import model_input, resolve
 from .types import Dino, FaceRegions, InsightFace
 
-_dinos: "weakref.WeakValueDictionary[tuple[str, float], torch.nn.Module]" = weakref.WeakValueDictionary()
+_dinos: weakref.WeakValueDictionary[tuple[str, float], torch.nn.Module] = weakref.WeakValueDictionary()
 
 
 def _one_reference(image: torch.Tensor, input_name: str):
@@ -146,7 +146,7 @@ class ConsistentIDFGIS(PackNode):
                                        generated, image_regions)
             chart = torch.from_numpy(fgis.chart(results)).float().div_(255).unsqueeze(0)
             text = fgis.report(results)
-            records = [result.record(number) for number, result in enumerate(results, start=1)]
+            records = [result.row(number) for number, result in enumerate(results, start=1)]
             return io.NodeOutput(_numbers(result.fgis for result in results), text, chart,
                                  ui=_chart_ui(cls, chart, text, "fgis", records))
 
