@@ -1,5 +1,6 @@
 """What every node of the pack shares: its schema frame, its name in messages, the check of its options, and
 models shared between nodes."""
+import dataclasses
 import logging
 import os
 import weakref
@@ -11,12 +12,15 @@ from comfy_api.latest import io
 
 from ..consistentid_core.errors import ConsistentIDError, WeightFileError, message
 from .paths import ModelInput
+from .search_aliases import SEARCH_ALIASES
 
 CATEGORY = "ConsistentID"
 _PREFIX = "ConsistentID "  # of every display name; a step inside the all-in-one is named without it
 _LISTED = 20  # allowed values named in a message
 
 T = TypeVar("T")
+# ComfyUI 0.3.64 (the floor) has no search_aliases in its schema; there the nodes are found by name only.
+_HOST_HAS_SEARCH_ALIASES = "search_aliases" in {f.name for f in dataclasses.fields(io.Schema)}
 
 _display_names: dict[str, str] = {}  # node id -> display name, of every node built with node_schema
 
@@ -28,6 +32,8 @@ def node_schema(**fields) -> io.Schema:
     messages name the node the user sees.
     """
     _display_names[fields["node_id"]] = fields["display_name"]
+    if _HOST_HAS_SEARCH_ALIASES and fields["node_id"] in SEARCH_ALIASES:
+        fields["search_aliases"] = SEARCH_ALIASES[fields["node_id"]]
     return io.Schema(category=CATEGORY, hidden=[io.Hidden.unique_id, io.Hidden.dynprompt], **fields)
 
 
