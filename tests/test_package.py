@@ -48,9 +48,15 @@ ACCEPTED = [
 MODEL_HOSTS = re.compile(r"https://(huggingface\.co|github\.com|dl\.fbaipublicfiles\.com)/\S+")
 
 
+def report(config, text: str) -> None:
+    """Into the test run's output, passed or failed (CI shows what the registry would get)."""
+    with config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        config.pluginmanager.getplugin("terminalreporter").write_line(text)
+
+
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> Path:
-    """The archive as the registry builds it, unpacked; its file list is printed into the test output."""
+def archive(tmp_path_factory, pytestconfig) -> Path:
+    """The archive as the registry builds it, unpacked; its file list goes into the test output."""
     zip_path = REPO / "node.zip"
     assert not zip_path.exists(), f"{zip_path} is in the way: remove it"
     comfy(["node", "pack"], REPO)
@@ -61,7 +67,7 @@ def archive(tmp_path_factory) -> Path:
             packed.extractall(target)
     finally:
         zip_path.unlink()
-    print(f"\nregistry archive ({len(names)} files):\n  " + "\n  ".join(names))
+    report(pytestconfig, f"\nregistry archive (comfy node pack, {len(names)} files):\n  " + "\n  ".join(names))
     return target
 
 
@@ -71,7 +77,7 @@ def comfy(arguments: list[str], cwd: Path) -> str:
                           capture_output=True, text=True, stdin=subprocess.DEVNULL,
                           env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
     assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    return done.stdout + done.stderr  # its results go to stderr when stdout is no terminal
 
 
 def _files(root: Path) -> list[str]:
@@ -87,9 +93,9 @@ def test_archive_holds_the_product_only(archive):
     assert not missing
 
 
-def test_registry_validation_passes_on_the_archive(archive):
+def test_registry_validation_passes_on_the_archive(archive, pytestconfig):
     out = comfy(["node", "validate"], archive)
-    print(out)
+    report(pytestconfig, f"\ncomfy node validate on the archive:\n{out}")
     assert "Security warnings found" not in out
     assert "All validation checks passed" in out
 
@@ -121,16 +127,17 @@ def _accepted(finding: dict, archive: Path) -> bool:
     return False
 
 
-def test_scanner_findings_on_the_archive_are_fixed_or_accepted(archive):
+def test_scanner_findings_on_the_archive_are_fixed_or_accepted(archive, pytestconfig):
     done = subprocess.run([str(BIN / "nodesafe"), "scan", "--format", "json", str(archive)],
                           capture_output=True, text=True)
-    report = json.loads(done.stdout)
-    findings = report["findings"]
-    print(f"\nnodesafe {report['scanner']['version']}: verdict {report['verdict']['label']} "
-          f"(score {report['verdict']['score']}), {len(findings)} findings")
+    scan = json.loads(done.stdout)
+    findings = scan["findings"]
+    lines = [f"\nnodesafe {scan['scanner']['version']} on the archive: verdict {scan['verdict']['label']} "
+             f"(score {scan['verdict']['score']}), {len(findings)} findings"]
     for rule in ACCEPTED:
         count = sum(f["category"] == rule["category"] and rule["file"] in ("*", f["file"]) for f in findings)
-        print(f"  accepted: {count} {rule['category']} in {rule['file']}: {rule['reason']}")
+        lines.append(f"  accepted: {count} {rule['category']} in {rule['file']}: {rule['reason']}")
+    report(pytestconfig, "\n".join(lines))
     rejected = [f"{f['file']}:{f['line']} {f['severity']} {f['category']}: {f['title']} ({f.get('snippet', '')})"
                 for f in findings if not _accepted(f, archive)]
     assert not rejected, "\n".join(rejected)
@@ -196,7 +203,7 @@ def _commit(repo: Path, version: str) -> str:
     (repo / "pyproject.toml").write_text(text.replace(f'version = "{PYPROJECT["project"]["version"]}"',
                                                       f'version = "{version}"', 1))
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "add", "pyproject.toml"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-qm", version], check=True)
     return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
 
