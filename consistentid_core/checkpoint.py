@@ -229,4 +229,4 @@ def _build(make, sd: Mapping, device, dtype) -> torch.nn.Module:
         module = make()
     # assign=True adopts the loaded tensors instead of first allocating random weights.
     module.load_state_dict(sd, strict=True, assign=True)
-    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return module.to(device=device, dtype=dtype).train(False).requires_grad_(False)

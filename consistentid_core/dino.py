@@ -121,7 +121,7 @@ def load_dino(path: str) -> DinoViT:
     with torch.device("meta"):
         model = DinoViT()
     model.load_state_dict(state, assign=True)
-    return model.float().eval().requires_grad_(False)
+    return model.float().train(False).requires_grad_(False)
 
 
 def dino_pixels(image: Image.Image) -> torch.Tensor:

@@ -33,7 +33,7 @@ class FgisResult:
         """The mean over the compared regions; None when the two images share none."""
         return mean_of(self.scores.values())
 
-    def record(self, number: int) -> dict:
+    def row(self, number: int) -> dict:
         return {"image": number, "fgis": self.fgis, "regions": dict(self.scores), "missing": dict(self.missing)}
 
     def line(self, number: int) -> str:

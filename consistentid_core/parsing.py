@@ -199,7 +199,7 @@ def load_face_parser(path: str) -> BiSeNet:
     with torch.device("meta"):
         model = BiSeNet()
     model.load_state_dict(state, assign=True)
-    return model.float().eval().requires_grad_(False)
+    return model.float().train(False).requires_grad_(False)
 
 
 def parser_input(rgb: np.ndarray, size: int = 512) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """The frame of every node of the pack: its schema, its name in messages, and the check of every input it
 declares before its ``execute`` runs."""
+import dataclasses
 import functools
 import inspect
 import logging
@@ -8,9 +9,12 @@ from comfy_api.latest import io
 
 from ..consistentid_core.errors import ConsistentIDError, message
 from .input_checks import link_problem, option_problem
+from .search_aliases import SEARCH_ALIASES
 
 CATEGORY = "ConsistentID"
 _PREFIX = "ConsistentID "  # of every display name; a step inside the all-in-one is named without it
+# ComfyUI 0.3.64 (the floor) has no search_aliases in its schema; there the nodes are found by name only.
+_HOST_HAS_SEARCH_ALIASES = "search_aliases" in {f.name for f in dataclasses.fields(io.Schema)}
 
 _display_names: dict[str, str] = {}  # node id -> display name, of every node built with node_schema
 
@@ -22,6 +26,8 @@ def node_schema(**fields) -> io.Schema:
     messages name the node the user sees.
     """
     _display_names[fields["node_id"]] = fields["display_name"]
+    if _HOST_HAS_SEARCH_ALIASES and fields["node_id"] in SEARCH_ALIASES:
+        fields["search_aliases"] = SEARCH_ALIASES[fields["node_id"]]
     return io.Schema(category=CATEGORY, hidden=[io.Hidden.unique_id, io.Hidden.dynprompt], **fields)
 
 

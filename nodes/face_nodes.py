@@ -21,7 +21,7 @@ from .types import FaceParser, FaceRegions, RegionEmbeds
 
 PARSE_SIZES = {"512": "SD1.5", "1280": "SDXL"}
 
-_parsers: "weakref.WeakValueDictionary[tuple[str, float], torch.nn.Module]" = weakref.WeakValueDictionary()
+_parsers: weakref.WeakValueDictionary[tuple[str, float], torch.nn.Module] = weakref.WeakValueDictionary()
 
 
 class ConsistentIDFaceParserLoader(PackNode):

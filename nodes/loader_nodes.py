@@ -14,7 +14,7 @@ from .caches import shared_file
 from .common import PackNode, node_schema
 from .types import ConsistentID
 
-_LOADED: "weakref.WeakValueDictionary[tuple[str, float], ConsistentIDModel]" = weakref.WeakValueDictionary()
+_LOADED: weakref.WeakValueDictionary[tuple[str, float], ConsistentIDModel] = weakref.WeakValueDictionary()
 
 
 def load_consistentid(path: str) -> ConsistentIDModel:

@@ -144,7 +144,7 @@ class ConsistentIDFGIS(PackNode):
                                    generated, image_regions)
         chart = torch.from_numpy(fgis.chart(results)).float().div_(255).unsqueeze(0)
         text = fgis.report(results)
-        records = [result.record(number) for number, result in enumerate(results, start=1)]
+        records = [result.row(number) for number, result in enumerate(results, start=1)]
         return io.NodeOutput(_numbers(result.fgis for result in results), text, chart,
                              ui=_chart_ui(cls, chart, text, "fgis", records))
 

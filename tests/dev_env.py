@@ -29,6 +29,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEV_VENV = REPO / ".venv"
 HOST_TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+# The insightface many existing installs still have (the last one built from source); pip resolves a newer,
+# pure-Python one today. Its venv lays it over .venv's packages, and the face-ID tests run once more with it.
+OLD_INSIGHTFACE = "0.7.3"
+OLD_INSIGHTFACE_TESTS = ["tests/test_face_id.py", "tests/test_insightface_version.py"]
 FLOOR = "0.3.64"  # the oldest ComfyUI the pack supports (pyproject.toml's requires-comfyui)
 # The other packs the stacking tests load beside this one, unpacked into <cache>/host/<name>.
 NEIGHBOURS = {"ComfyUI_IPAdapter_plus": "ComfyUI_IPAdapter_plus-*.tar.gz",
@@ -201,10 +205,28 @@ def _ensure_venv(venv: Path, requirement_files: list[Path], installs: list[list[
     stamp_file.write_text(digest.hexdigest())
 
 
+def old_insightface_venv() -> Path:
+    return cache_dir() / f"insightface-{OLD_INSIGHTFACE}"
+
+
+def _overlay_old_insightface() -> None:
+    venv = old_insightface_venv()
+    if not (venv / "bin" / "python").is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    own = subprocess.run([str(venv / "bin" / "python"), "-c", purelib], capture_output=True, text=True, check=True)
+    dev = subprocess.run([str(DEV_VENV / "bin" / "python"), "-c", purelib], capture_output=True, text=True,
+                         check=True)
+    # Its own site-packages come first on sys.path, so its insightface (and what only it needs) shadows .venv's.
+    (Path(own.stdout.strip()) / "consistentid_dev_venv.pth").write_text(dev.stdout)
+    _ensure_venv(venv, [], [[f"insightface=={OLD_INSIGHTFACE}"]])
+
+
 def setup() -> None:
     requirements = REPO / "requirements-dev.txt"
     # open_clip_torch only for its CLIP BPE vocabulary: its dependencies would pull another torch.
     _ensure_venv(DEV_VENV, [requirements], [["-r", str(requirements)], ["--no-deps", "open_clip_torch==3.3.0"]])
+    _overlay_old_insightface()
     if (shared_dir() / "host").is_dir():
         _unpack_snapshots()
     for host in hosts_under_test():
@@ -225,7 +247,10 @@ def _suites(extra: list[str]) -> list[tuple[str, str, dict[str, str], list[str]]
     grouped by host."""
     pytest = [str(DEV_VENV / "bin" / "python"), "-m", "pytest"]
     suites = [("host-free", "unit and golden tests (.venv)", {},
-               [*pytest, "--ignore=tests/host", f"--ignore={IN_PROCESS}", *extra])]
+               [*pytest, "--ignore=tests/host", f"--ignore={IN_PROCESS}", *extra]),
+              ("host-free", f"face-ID tests with insightface {OLD_INSIGHTFACE}",
+               {"CONSISTENTID_INSIGHTFACE": OLD_INSIGHTFACE},
+               [str(old_insightface_venv() / "bin" / "python"), "-m", "pytest", *OLD_INSIGHTFACE_TESTS, *extra])]
     for host in hosts_under_test():
         env = {"COMFYUI_PATH": str(host.path), "COMFYUI_PYTHON": str(host.python)}
         in_host = [str(host.python), "-m", "pytest"]

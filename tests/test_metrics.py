@@ -286,7 +286,7 @@ def test_fgis_names_regions_missing_on_either_side_and_leaves_them_out():
 
     [nothing] = fgis.fgis_scores(embed, rgb, regions("Nose"), [rgb], [regions("Face")])
     assert nothing.fgis is None and "no common region" in nothing.line(1)
-    assert nothing.record(1) == {"image": 1, "fgis": None, "regions": dict.fromkeys(REGION_PARTS),
+    assert nothing.row(1) == {"image": 1, "fgis": None, "regions": dict.fromkeys(REGION_PARTS),
                                  "missing": {"face": "reference", "eyes": "both", "ears": "both", "nose": "image",
                                              "mouth": "both"}}
     chart = fgis.chart([result, nothing])

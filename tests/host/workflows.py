@@ -21,6 +21,7 @@ On the floor host this also refreshes ``floor_stock_nodes.json``; on another hos
 """
 import copy
 import json
+import tomllib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,10 @@ UI_DIR = REPO / "example_workflows"
 API_DIR = UI_DIR / "api"  # not a template folder: the host lists only example_workflows/*.json
 FLOOR_STOCK_NODES = Path(__file__).resolve().parent / "floor_stock_nodes.json"
 PACK_ID = "consistentid"  # the registry id (pyproject [project] name), so the frontend can name the missing pack
+# A node's "ver", as the frontend saves it: the pack's version for its nodes (ComfyUI-Manager installs that one
+# for a missing pack), and for stock nodes the ComfyUI whose interfaces the files follow (the floor).
+PACK_VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+STOCK_VERSION = json.loads(FLOOR_STOCK_NODES.read_text())["comfyui_version"]
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 VIRTUAL_NODES = {"MarkdownNote", "Note"}  # frontend-only: never sent to /prompt
@@ -464,7 +469,9 @@ def to_ui(graph: Graph, object_info: dict) -> dict:
                 links.append([link, value.node, value.slot, node.id, len(inputs), spec[0]])
                 outputs.setdefault((value.node, value.slot), []).append(link)
             inputs.append({"name": name, "type": spec[0], "link": link})
-        properties = {"Node name for S&R": node.type, "cnr_id": "comfy-core" if _is_stock(info) else PACK_ID}
+        stock = _is_stock(info)
+        properties = {"Node name for S&R": node.type, "cnr_id": "comfy-core" if stock else PACK_ID,
+                      "ver": STOCK_VERSION if stock else PACK_VERSION}
         if node.models:
             properties["models"] = [{"name": name, "url": url, "directory": folder}
                                     for name, folder, url in node.models]

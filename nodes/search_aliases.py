@@ -1,0 +1,20 @@
+"""What users type in the node search to find each node, besides its name (the schema's ``search_aliases``)."""
+SEARCH_ALIASES = {
+    "ConsistentIDSimple": ["face id", "faceid", "identity", "consistent character", "instantid", "photomaker",
+                           "same face", "portrait from photo"],
+    "ConsistentIDApply": ["face id", "faceid", "identity", "consistent character", "instantid", "apply face"],
+    "ConsistentIDFaceEncode": ["face id", "face embedding", "identity", "insightface", "encode face"],
+    "ConsistentIDLoader": ["face id model", "identity adapter", "consistent character"],
+    "ConsistentIDInsightFaceLoader": ["insightface", "buffalo_l", "face analysis", "arcface"],
+    "ConsistentIDFaceParserLoader": ["face parsing", "bisenet", "face segmentation"],
+    "ConsistentIDFaceParse": ["face parsing", "bisenet", "face segmentation", "face mask", "facial features"],
+    "ConsistentIDRegionEmbed": ["facial features", "eyes nose mouth", "face regions"],
+    "ConsistentIDFacialEncoder": ["facial prompt", "face prompt", "facial features"],
+    "ConsistentIDMergeStep": ["prompt switch", "conditioning timestep", "prompt schedule"],
+    "ConsistentIDSaveIdentity": ["save face", "face model", "identity file"],
+    "ConsistentIDLoadIdentity": ["load face", "face model", "identity file"],
+    "ConsistentIDBlendIdentities": ["blend faces", "mix faces", "average faces"],
+    "ConsistentIDFaceSim": ["face similarity", "identity score", "arcface similarity"],
+    "ConsistentIDFGIS": ["face region similarity", "dino similarity", "identity score"],
+    "ConsistentIDDinoLoader": ["dino"],
+}
