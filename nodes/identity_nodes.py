@@ -150,7 +150,7 @@ def _prefix_problem(prefix: str) -> str | None:
     it stays inside the folder), or ``None``."""
     if len(prefix) > _MAX_PREFIX:
         return f"it is {len(prefix)} characters long, more than {_MAX_PREFIX}"
-    if any(ord(c) < 32 or c in '<>:"|?*\\' for c in prefix):
+    if any(not c.isprintable() or c in '<>:"|?*\\' for c in prefix):
         return "it holds a control character (a line break, NUL, …) or one of < > : \" | ? * \\"
     parts = prefix.split("/")
     if any(part.strip() in ("", ".", "..") or part.startswith((".", "~")) for part in parts):

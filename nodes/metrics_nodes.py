@@ -16,7 +16,7 @@ from .managed import on_device
 from .paths import model_input, resolve
 from .types import Dino, FaceRegions, InsightFace
 
-_dinos: "weakref.WeakValueDictionary[tuple[str, float], torch.nn.Module]" = weakref.WeakValueDictionary()
+_dinos: weakref.WeakValueDictionary[tuple[str, float], torch.nn.Module] = weakref.WeakValueDictionary()
 
 
 def _one_reference(image: torch.Tensor, input_name: str):
