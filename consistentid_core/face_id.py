@@ -139,6 +139,12 @@ def face_ids(app, images: list[np.ndarray], on_no_face: str = "error",
     return results
 
 
+def photos_used(results: list[FaceIDResult], on_no_face: str) -> list[int]:
+    """Which photos enter the identity: every one with a face, and under 'zero' (the official behaviour) also those
+    without, as the zero vector; under 'skip' a photo without face is left out ('error' stopped in face_ids)."""
+    return [i for i, result in enumerate(results) if result.embedding is not None or on_no_face == "zero"]
+
+
 def id_vectors(results: list[FaceIDResult]) -> torch.Tensor:
     """Face-ID vectors ``[B, 512]`` float32, the zero vector where no face was found (as the official code)."""
     rows = [r.embedding if r.embedding is not None else np.zeros(EMBED_DIM, dtype=np.float32) for r in results]

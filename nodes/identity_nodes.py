@@ -12,7 +12,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..consistentid_core.errors import ConsistentIDError
-from ..consistentid_core.face_id import FACE_CHOICES, ON_NO_FACE, face_ids, left_to_right
+from ..consistentid_core.face_id import FACE_CHOICES, ON_NO_FACE, face_ids, left_to_right, photos_used
 from ..consistentid_core.identity import COMBINE, AdapterRef, blend, check_adapter, encode_identity, image_sha256
 from ..consistentid_core.identity_file import load_identity, save_identity
 from ..consistentid_core.images import check_same_photos, images_from_batch
@@ -122,7 +122,7 @@ class ConsistentIDFaceEncode(PackNode):
         bar = comfy.utils.ProgressBar(len(photos) + 1)
         results = face_ids(insightface, photos, on_no_face, det_size=None, bgr_input=sdxl, choose=face,
                            index=face_index, done=lambda: bar.update(1))
-        used = [i for i, r in enumerate(results) if r.embedding is not None or on_no_face == "zero"]
+        used = photos_used(results, on_no_face)
         zero = zero_image_features(clip_vision)
         hidden = (encode_penultimate(clip_vision, torch.stack([clip_pixels(photos[i]) for i in used]))
                   if used else zero.new_zeros(0, *zero.shape))

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from consistentid_core.errors import InputImageError, NoFaceError
-from consistentid_core.face_id import face_embedding, face_ids, face_number, id_vectors
+from consistentid_core.face_id import FaceIDResult, face_embedding, face_ids, face_number, id_vectors, photos_used
 from weightgen.insightface_pack import DETECTOR_OUTPUTS, write_packs
 
 PORTRAITS = ("astronaut.png", "grace_hopper.jpg")
@@ -227,3 +227,10 @@ def test_done_is_called_after_each_image(app, photos):
     seen = []
     results = face_ids(app, images, done=lambda: seen.append(len(seen)))
     assert seen == [0, 1] and len(results) == 2
+
+
+def test_photos_used_follow_on_no_face():
+    found, missing = FaceIDResult(np.ones(512, np.float32), 1, None, 0.9), FaceIDResult(None, 0, None, None)
+    results = [found, missing, found]
+    assert photos_used(results, "zero") == [0, 1, 2]
+    assert photos_used(results, "skip") == [0, 2]
