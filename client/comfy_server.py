@@ -2,7 +2,6 @@
 its websocket."""
 import http.client
 import json
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -50,14 +49,13 @@ class Server:
         except urllib.error.URLError as err:
             raise ServerDown(f"ComfyUI is not reachable at {self.url} ({err.reason}); start it or pass its URL.") \
                 from None
-        except (socket.timeout, ConnectionError, http.client.HTTPException) as err:
-            raise ServerDown(f"{self.url} stopped answering ({err or type(err).__name__}).") from None
 
     def _read(self, request, parse=json.load):
+        # A timeout or a dropped connection, while connecting or while reading the answer.
         try:
             with self._open(request) as reply:
                 return parse(reply)
-        except (socket.timeout, ConnectionError, http.client.HTTPException) as err:
+        except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
             raise ServerDown(f"{self.url} stopped answering ({err or type(err).__name__}).") from None
 
     def get_json(self, path: str):

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from comfy_host import REPO, ComfyServer
+from comfy_host import REPO, ComfyServer, HostError
 from PIL import Image
 from workflows import load_api
 
@@ -119,7 +119,7 @@ def test_jobs_split_over_two_servers_and_a_killed_ones_finish_once_elsewhere(kil
     assert killed_run["rc"] == 2, killed_run["stderr"][-4000:]
     assert len(done) == 12 and len({r["job"] for r in done}) == 12
     assert len(failed) == 1 and "missing.safetensors" in failed[0]["message"] and "ckpt_name" in failed[0]["message"]
-    assert f"failed: photo row 2 seed 5: refused by" in killed_run["stderr"]
+    assert "failed: photo row 2 seed 5: refused by" in killed_run["stderr"]
     assert by_server[second_url] >= 1 and by_server[first_url] >= 1
     assert moved and all(r["server"] == first_url for r in moved)
     for record in done:
@@ -162,11 +162,33 @@ def test_an_identity_file_sent_with_the_job_gives_the_image_of_the_models_folder
     assert np.array_equal(local, sent)
 
 
+def test_an_uploaded_identity_keeps_the_checks_of_the_models_folder(servers, tmp_path):
+    first, _ = servers
+    comfy_server = _client("comfy_server")
+    pickle = tmp_path / "evil.safetensors"
+    pickle.write_bytes(b"\x80\x04\x95" + b"\0" * 64)  # a pickle's opening bytes under an identity file's name
+    server = comfy_server.Server(f"http://127.0.0.1:{first.port}")
+    server.upload(pickle, subfolder="consistentid_identities")
+    basic = load_api("consistentid_sd15_basic")
+
+    def load(name: str) -> dict:
+        return {"2": basic["2"], "9": {"class_type": "ConsistentIDLoadIdentity",
+                                       "inputs": {"consistentid": ["2", 0], "identity_name": name}},
+                "10": {"class_type": "ConsistentIDSaveIdentity", "inputs": {"identity": ["9", 0],
+                                                                            "filename_prefix": "copy"}}}
+
+    with pytest.raises(HostError, match="'evil.safetensors' is not an identity file: it is not a safetensors file"):
+        first.queue(load("evil.safetensors"))
+    # Only names in the folders are offered: a path out of the input folder's identities is refused unread.
+    with pytest.raises(HostError, match="Value not in list"):
+        first.queue(load("../astronaut.png"))
+
+
 def test_a_resumed_run_repeats_nothing(servers, killed_run):
     first, _ = servers
     before = len(_journal(killed_run["out"]))
     history = len(first.get("/history"))
-    done = subprocess.run(_command(None, killed_run["out"], first), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(_command(None, killed_run["out"], first), capture_output=True, text=True, timeout=300, check=False)
     # The bad row is the one job tried again, and refused again.
     assert "13 jobs, 12 finished before, 1 to run" in done.stderr, done.stderr[-3000:]
     assert len(_journal(killed_run["out"])) == before + 1 and len(first.get("/history")) == history
@@ -189,7 +211,7 @@ def test_ctrl_c_then_a_rerun_finishes_the_rest_once(servers, manifest, tmp_path)
     first_done = {r["job"] for r in _journal(out)}
     assert run.returncode == 130 and "run the same command again" in stderr, stderr[-3000:]
     assert 1 <= len(first_done) < 4
-    again = subprocess.run(_command(small, out, first), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(_command(small, out, first), capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"4 jobs, {len(first_done)} finished before" in again.stderr
     records = _journal(out)

@@ -146,7 +146,7 @@ def test_client_sets_the_options_and_adds_facesim():
 
 
 def test_client_reads_an_identity_file_instead_of_encoding_the_photo():
-    prompt, save, facesim = _job_workflow().build_prompt(load_api(BASIC), {"file": "anna_1.safetensors"}, {})
+    prompt, _, facesim = _job_workflow().build_prompt(load_api(BASIC), {"file": "anna_1.safetensors"}, {})
 
     by_type = {node["class_type"]: (node_id, node["inputs"]) for node_id, node in prompt.items()}
     load, inputs = by_type["ConsistentIDLoadIdentity"]
