@@ -179,8 +179,9 @@ def test_an_uploaded_identity_keeps_the_checks_of_the_models_folder(servers, tmp
 
     with pytest.raises(HostError, match="'evil.safetensors' is not an identity file: it is not a safetensors file"):
         first.queue(load("evil.safetensors"))
-    # Only names in the folders are offered: a path out of the input folder's identities is refused unread.
-    with pytest.raises(HostError, match="Value not in list"):
+    # A name is looked for in the two folders only: a path out of them is refused when the prompt is queued.
+    with pytest.raises(HostError, match=r"Identity file '\.\./astronaut\.png' was not found in \S+/models/"
+                                        r"consistentid_identities or \S+/input/consistentid_identities\."):
         first.queue(load("../astronaut.png"))
 
 
