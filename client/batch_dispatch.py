@@ -4,7 +4,8 @@ A server is filled up to ``depth`` prompts in its queue (/queue counts every cli
 workflow and checkpoint it ran last, so its models stay loaded, and the identity it ran last, so the host's cache
 keeps its encoding. A server that stops answering is marked down, its unfinished jobs go back to the board for
 the others, and it is asked again every ``probe_s``; a job that fails on a server runs again on another, at most
-``attempts`` times in all; a job the server refuses (validation), or that fails on the pack's own check of its
+``attempts`` times in all, as does one without a result after ``job_timeout`` or gone from a server's queue
+without a result (a server restarted between two looks); a job the server refuses (validation), or that fails on the pack's own check of its
 inputs, is a bad row: reported with the server's message, not retried.
 """
 import json
@@ -99,11 +100,11 @@ class InFlight:
 
 class Worker(threading.Thread):
     def __init__(self, url: str, board: Board, identities: dict[str, Identity], out: Path, stop: threading.Event,
-                 depth: int, poll_s: float, probe_s: float, request_timeout: float):
+                 depth: int, poll_s: float, probe_s: float, request_timeout: float, job_timeout: float):
         super().__init__(daemon=True, name=url)
         self.server = Server(url, request_timeout)
         self.board, self.identities, self.out, self.stop = board, identities, out, stop
-        self.depth, self.poll_s, self.probe_s = depth, poll_s, probe_s
+        self.depth, self.poll_s, self.probe_s, self.job_timeout = depth, poll_s, probe_s, job_timeout
         self.in_flight: list[InFlight] = []
         self.uploaded: dict[str, dict] = {}  # identity -> the names it has on this server
         self.workflows: dict[Path, dict] = {}
@@ -115,8 +116,9 @@ class Worker(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set() and not self.board.empty():
             try:
-                self._collect()
-                self._fill()
+                queued = self.server.queue()
+                self._collect(set(queued))
+                self._fill(len(queued))
                 self.board.mark(self.server.url, True)
                 self.state = f"{len(self.in_flight)} queued"
             except ServerDown as err:
@@ -147,8 +149,8 @@ class Worker(threading.Thread):
                 pass
         self.state = "stopped" if self.stop.is_set() else "finished"
 
-    def _fill(self) -> None:
-        free = self.depth - self.server.queue_size()
+    def _fill(self, queued: int) -> None:
+        free = self.depth - queued
         while free > 0 and not self.stop.is_set():
             attempt = self.board.take(self.server.url, self.warm, self.identity)
             if attempt is None:
@@ -190,10 +192,17 @@ class Worker(threading.Thread):
         self.in_flight.append(InFlight(attempt, prompt_id, save, facesim, time.monotonic()))
         self.warm, self.identity = job.warm_key, job.identity
 
-    def _collect(self) -> None:
+    def _collect(self, queued: set[str]) -> None:
+        """Save what finished; ``queued`` is the server's queue as it was before the history was read."""
         for flight in list(self.in_flight):
             entry = self.server.history(flight.prompt_id)
             if entry is None:
+                waited = time.monotonic() - flight.queued
+                if flight.prompt_id not in queued or waited > self.job_timeout:
+                    self.in_flight.remove(flight)
+                    reason = ("gone from the queue without a result" if flight.prompt_id not in queued
+                              else f"no result after {waited:.0f} s")
+                    self.board.put_back(flight.attempt, self.server.url, reason, failed=True)
                 continue
             status = entry.get("status", {})
             if status.get("status_str") == "error":

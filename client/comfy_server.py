@@ -88,10 +88,10 @@ class Server:
     def queue_prompt(self, prompt: dict) -> str:
         return self.post_json("/prompt", {"prompt": prompt, "client_id": self.client_id})["prompt_id"]
 
-    def queue_size(self) -> int:
-        """Prompts running or waiting on the server, from every client."""
+    def queue(self) -> list[str]:
+        """Ids of the prompts running or waiting on the server, from every client."""
         queue = self.get_json("/queue")
-        return len(queue["queue_running"]) + len(queue["queue_pending"])
+        return [item[1] for item in queue["queue_running"] + queue["queue_pending"]]
 
     def history(self, prompt_id: str) -> dict | None:
         return self.get_json(f"/history/{prompt_id}").get(prompt_id)

@@ -38,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="tries per job before it is reported failed (default: %(default)s)")
     parser.add_argument("--request-timeout", type=float, default=30,
                         help="seconds a server may take to answer before it counts as down (default: %(default)s)")
+    parser.add_argument("--job-timeout", type=float, default=3600,
+                        help="seconds a job may take on a server before it runs elsewhere (default: %(default)s)")
     parser.add_argument("--probe", type=float, default=15,
                         help="seconds between asks whether a down server is back (default: %(default)s)")
     parser.add_argument("--give-up", type=float, default=600,
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     board = Board(todo, journal, args.attempts, len(args.server))
     stop = threading.Event()
     workers = [Worker(url, board, identities, args.out, stop, args.depth, args.poll, args.probe,
-                      args.request_timeout) for url in dict.fromkeys(args.server)]
+                      args.request_timeout, args.job_timeout) for url in dict.fromkeys(args.server)]
     began = last_live = time.monotonic()
     for worker in workers:
         worker.start()
