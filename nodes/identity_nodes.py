@@ -223,7 +223,8 @@ class ConsistentIDLoadIdentity(PackNode):
                 ConsistentID.Input("consistentid", tooltip="From ConsistentID Loader: the identity must have been "
                                                            "encoded with this adapter."),
                 ModelInput("identity_name", folder_paths.get_filename_list(IDENTITY_FOLDER), _identity_path,
-                           tooltip="An identity file in models/consistentid_identities/."),
+                           tooltip="An identity file in models/consistentid_identities/, or one sent with the job "
+                                   "(uploaded into the input folder's consistentid_identities/)."),
             ],
             outputs=[Identity.Output(display_name="identity")],
         )

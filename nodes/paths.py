@@ -12,6 +12,9 @@ from ..consistentid_core.errors import WeightFileError
 
 WEIGHT_EXTENSIONS = {".bin", ".safetensors", ".pth", ".pt"}
 IDENTITY_FOLDER = "consistentid_identities"
+# Identities sent with a job: a client uploads them through /upload/image (type input) into this subfolder of the
+# server's input folder, and Load Identity offers them beside models/consistentid_identities/.
+UPLOADED_IDENTITIES = IDENTITY_FOLDER
 
 # folder name -> extensions listed in the UI for it
 MODEL_FOLDERS = {
@@ -34,6 +37,9 @@ def register_model_folders() -> None:
         paths, _ = folder_paths.folder_names_and_paths.get(name, ([], set()))
         if default not in paths:
             paths = [*paths, default]
+        if name == IDENTITY_FOLDER:
+            uploaded = os.path.join(folder_paths.get_input_directory(), UPLOADED_IDENTITIES)
+            paths = paths if uploaded in paths else [*paths, uploaded]
         folder_paths.folder_names_and_paths[name] = (paths, set(extensions))
 
 

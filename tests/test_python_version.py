@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PRODUCT = ["__init__.py", "nodes", "consistentid_core"]
+PRODUCT = ["__init__.py", "nodes", "consistentid_core", "client"]
 
 
 def _vermin() -> str:

@@ -3,9 +3,7 @@
 The second portrait is written as PNG into the server's input folder, so the server and the independent FGIS
 computation here decode the same pixels (two JPEG decoders may differ by a level).
 """
-import argparse
 import csv
-import importlib.util
 import json
 import math
 import shutil
@@ -118,17 +116,21 @@ def test_fgis_of_two_portraits_equals_an_independent_computation(server):
     assert _has(_chart(server, output), BAR_COLOUR)
 
 
-def test_client_workflow_is_the_basic_example():
-    assert json.loads((CLIENT.parent / f"{BASIC}.json").read_text()) == load_api(BASIC)
+@pytest.mark.parametrize("name", [BASIC, "consistentid_sdxl_basic"])
+def test_client_workflows_are_the_basic_examples(name):
+    assert json.loads((CLIENT.parent / f"{name}.json").read_text()) == load_api(name)
+
+
+def _job_workflow():
+    sys.path.insert(0, str(CLIENT.parent))
+    import job_workflow
+
+    return job_workflow
 
 
 def test_client_sets_the_options_and_adds_facesim():
-    spec = importlib.util.spec_from_file_location("consistentid_client", CLIENT)
-    client = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(client)
-    args = argparse.Namespace(prompt="A woman", negative=None, steps=10, cfg=None, width=64, height=None,
-                              weight=0.8, merge_step=None, checkpoint=None)
-    prompt, save, facesim = client.build_prompt(load_api(BASIC), "me.png", 7, args)
+    settings = {"prompt": "A woman", "seed": 7, "steps": 10, "width": 64, "weight": 0.8, "negative": None}
+    prompt, save, facesim = _job_workflow().build_prompt(load_api(BASIC), {"photo": "me.png"}, settings)
 
     by_type = {node["class_type"]: node["inputs"] for node in prompt.values()}
     assert by_type["LoadImage"]["image"] == "me.png" and by_type["KSampler"]["seed"] == 7
@@ -140,6 +142,18 @@ def test_client_sets_the_options_and_adds_facesim():
     assert by_type["ConsistentIDApply"]["weight"] == 0.8 and by_type["ConsistentIDFacialEncoder"]["prompt"] == "A woman"
     assert prompt[save]["class_type"] == "SaveImage"
     assert prompt[facesim]["inputs"] == {"insightface": ["5", 0], "reference": ["6", 0], "images": ["16", 0]}
+    assert "PreviewImage" not in by_type  # only what the image and its score need is queued
+
+
+def test_client_reads_an_identity_file_instead_of_encoding_the_photo():
+    prompt, _, facesim = _job_workflow().build_prompt(load_api(BASIC), {"file": "anna_1.safetensors"}, {})
+
+    by_type = {node["class_type"]: (node_id, node["inputs"]) for node_id, node in prompt.items()}
+    load, inputs = by_type["ConsistentIDLoadIdentity"]
+    assert inputs == {"consistentid": ["2", 0], "identity_name": "anna_1.safetensors"}
+    assert by_type["ConsistentIDApply"][1]["identity"] == [load, 0]
+    assert by_type["ConsistentIDFacialEncoder"][1]["identity"] == [load, 0]
+    assert facesim is None and not {"ConsistentIDFaceEncode", "LoadImage", "ConsistentIDFaceParse"} & set(by_type)
 
 
 def test_client_saves_an_image_and_a_facesim_per_seed(server, tmp_path):
