@@ -93,7 +93,7 @@ def test_official_sampling_used_outside_what_it_reproduces_warns(host, pack, bas
     import logging
 
     official = pack.load("nodes.official_sampling").ConsistentIDOfficialSampling
-    model, sigmas = official.execute(base, 2).result
+    model, sigmas = official.execute(base, 3).result
     cond, latent = [[torch.zeros(1, 77, 768), {}]], torch.zeros(1, 4, 8, 8)
     noise = host.sample.prepare_noise(latent, 0)
     runs = {"official": ("euler", sigmas), "heun": ("heun", sigmas), "karras": ("euler", None)}
@@ -101,11 +101,11 @@ def test_official_sampling_used_outside_what_it_reproduces_warns(host, pack, bas
     for name, (sampler, run_sigmas) in runs.items():
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            host.sample.sample(model, noise, 2, 1.0, sampler, "karras", cond, cond, latent, sigmas=run_sigmas)
+            host.sample.sample(model, noise, 3, 1.0, sampler, "karras", cond, cond, latent, sigmas=run_sigmas)
         warned[name] = [r.getMessage() for r in caplog.records if "official trajectory" in r.getMessage()]
     assert warned["official"] == []
     assert warned["heun"] == [
         "[ConsistentID · ConsistentID Official Sampling] This run does not follow the official trajectory: it samples "
         "with heun, not euler (the demo's diffusers Euler). It still samples, with the demo's timesteps, but not the "
         "demo's picture. Fix: Sample with SamplerCustom: sampler euler (KSamplerSelect), sigmas from this node."]
-    assert len(warned["karras"]) == 1 and "its 2 steps are not this node's 2-step official sigmas" in warned["karras"][0]
+    assert len(warned["karras"]) == 1 and "its 3 steps are not this node's 3-step official sigmas" in warned["karras"][0]
