@@ -1,0 +1,77 @@
+"""The pack as users see it in a real browser: on the host's pinned frontend and on a newer one, each with the
+classic canvas and with Nodes 2.0 (the Vue node renderer)."""
+import json
+from pathlib import Path
+
+import pytest
+from conftest import RENDERERS, set_models
+from ui import ComfyPage
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "example_workflows").glob("*.json"))
+BASIC = REPO / "example_workflows" / "consistentid_sd15_basic.json"
+# consistentid_sd15_basic.json: the ids of its nodes
+MERGE, SAMPLER = 13, 15
+
+
+@pytest.fixture(params=list(RENDERERS))
+def page(request, browser, server):
+    set_models(server, pack=True)
+    ui = ComfyPage(browser, server, request.param)
+    yield ui
+    ui.close()
+
+
+def _saved(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_every_example_loads_as_saved(page):
+    for path in EXAMPLES:
+        page.drop_workflow(path)
+        graph, saved = page.graph(), _saved(path)
+        for node in saved["nodes"]:
+            shown = graph["nodes"][str(node["id"])]
+            assert shown["type"] == node["type"] and shown["registered"], f"{path.name}: node {node['id']} missing"
+            values = [w["value"] for name, w in shown["widgets"].items()
+                      if name != "control_after_generate" or node["type"] != "KSampler"]
+            expected = [v for i, v in enumerate(node.get("widgets_values", []))
+                        if not (node["type"] == "KSampler" and i == 1)]  # KSampler's control_after_generate
+            assert values[:len(expected)] == expected, f"{path.name}: node {node['id']} {node['type']}"
+        assert sorted(map(tuple, graph["links"])) == sorted(map(tuple, saved["links"])), path.name
+    assert page.errors == []
+
+
+def test_sampler_edits_reach_the_merge_step(page):
+    page.drop_workflow(BASIC)
+    assert page.widget(MERGE, "steps")["value"] == 50
+
+    page.type_number(SAMPLER, "steps", 20)
+    page.choose(SAMPLER, "scheduler", "karras")
+
+    assert page.widget(SAMPLER, "steps")["value"] == 20
+    assert page.widget(MERGE, "steps")["value"] == 20
+    assert page.widget(MERGE, "scheduler")["value"] == "karras"
+    assert page.shown_label(MERGE, "steps") == "steps"  # in step: no flag
+    assert page.errors == []
+
+
+def test_a_merge_step_out_of_step_is_flagged_and_cleared(page):
+    page.drop_workflow(BASIC)
+    page.type_number(MERGE, "steps", 25)
+
+    assert page.shown_label(MERGE, "steps") == "⚠ steps ≠ sampler (50)"
+    page.type_number(MERGE, "steps", 50)
+    assert page.shown_label(MERGE, "steps") == "steps"
+
+
+def test_connecting_a_sampler_copies_its_schedule(page):
+    page.drop_workflow(BASIC)
+    page.disconnect(SAMPLER, "positive")
+    page.type_number(SAMPLER, "steps", 12)
+    assert page.widget(MERGE, "steps")["value"] == 50  # not fed: left alone
+
+    page.drag_link(MERGE, 0, SAMPLER, "positive")
+
+    assert page.widget(MERGE, "steps")["value"] == 12
+
