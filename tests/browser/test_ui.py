@@ -75,3 +75,22 @@ def test_connecting_a_sampler_copies_its_schedule(page):
 
     assert page.widget(MERGE, "steps")["value"] == 12
 
+
+
+@pytest.mark.parametrize("renderer", list(RENDERERS))
+def test_missing_pack_files_are_named_with_folder_and_download_page_on_opening(browser, server, renderer):
+    set_models(server, pack=False)
+    ui = ComfyPage(browser, server, renderer)
+    try:
+        ui.drop_workflow(BASIC)
+        ui.page.locator(".p-toast-message", has_text="ConsistentID: model files missing").wait_for(timeout=10_000)
+        shown = ui.toasts()
+    finally:
+        ui.close()
+        set_models(server, pack=True)
+
+    assert ("ConsistentID Loader: ConsistentID-v1.bin is not in models/consistentid/. Download it from "
+            "https://huggingface.co/JackAILab/ConsistentID and put it there" in shown)
+    assert ("ConsistentID Face Parser Loader: face_parsing.pth is not in models/face_parsing/. Download it from "
+            "https://huggingface.co/JackAILab/ConsistentID and put it there" in shown)
+    assert "v1-5-pruned-emaonly" not in shown  # present core files are not the pack's business
