@@ -100,12 +100,16 @@ class ComfyPage:
     def type_number(self, node_id: int, name: str, value: int):
         self._focus(node_id)
         if self.vue:
-            field = self._vue_widget(node_id, name).locator("input").first
-            field.click()
-            field.press("Control+a")
-            field.press_sequentially(str(value))
+            widget = self._vue_widget(node_id, name)
+            field = widget.locator("input").first
+            if widget.get_attribute("data-widget-name"):  # frontend 1.3x+: a drag layer lies over the field
+                field.fill(str(value))
+            else:  # frontend 1.27's number field takes keystrokes and commits on blur
+                field.click()
+                field.press("Control+a")
+                field.press_sequentially(str(value))
             field.press("Enter")
-            field.blur()  # frontend 1.27's number field commits on blur
+            field.blur()
         else:
             x, y = self._canvas_point(node_id, name)
             self.page.mouse.click(x, y)
@@ -125,31 +129,6 @@ class ComfyPage:
             self.page.locator(".litecontextmenu .litemenu-entry", has_text=re.compile(f"^{option}$")).first.click()
         self.page.wait_for_timeout(300)
 
-    def drag_link(self, from_id: int, output: int, to_id: int, input_name: str):
-        """Drag from a node's output socket to another's input, with the mouse."""
-        self._focus(to_id)
-        ends = self.page.evaluate("""([from, output, to, name]) => {
-            const ds = app.canvas.ds, r = app.canvas.canvas.getBoundingClientRect();
-            const screen = ([x, y]) => [r.left + (x + ds.offset[0]) * ds.scale, r.top + (y + ds.offset[1]) * ds.scale];
-            const a = app.graph.getNodeById(from), b = app.graph.getNodeById(to);
-            const slot = b.findInputSlot(name);
-            return [screen(a.getConnectionPos(false, output)), screen(b.getConnectionPos(true, slot)), slot];
-        }""", [from_id, output, to_id, input_name])
-        slot = ends.pop()
-        if self.vue:  # the sockets are DOM elements there, drawn where the canvas would put them
-            start = self.page.locator(f'[data-node-id="{from_id}"] [data-slot-key="{from_id}-out-{output}"]')
-            end = self.page.locator(f'[data-node-id="{to_id}"] [data-slot-key="{to_id}-in-{slot}"]')
-            if start.count() and end.count():
-                ends = [[box["x"] + box["width"] / 2, box["y"] + box["height"] / 2]
-                        for box in (start.bounding_box(), end.bounding_box())]
-        (x0, y0), (x1, y1) = ends
-        self.page.mouse.move(x0, y0)
-        self.page.mouse.down()
-        self.page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=5)
-        self.page.mouse.move(x1, y1, steps=5)
-        self.page.mouse.up()
-        self.page.wait_for_timeout(300)
-
     def shown_label(self, node_id: int, name: str) -> str:
         """The label the user sees for a widget: the DOM's under Nodes 2.0, the canvas's label otherwise."""
         if self.vue:
@@ -157,5 +136,7 @@ class ComfyPage:
         widget = self.widget(node_id, name)
         return widget["label"] or name
 
-    def toasts(self) -> str:
-        return "\n".join(self.page.locator(".p-toast-message").all_inner_texts())
+    def message(self, summary: str) -> str:
+        """The text of the notification whose title is ``summary``, once shown (each frontend draws its own)."""
+        self.page.get_by_text(summary).first.wait_for(timeout=10_000)
+        return self.page.locator("body").inner_text()

@@ -23,7 +23,11 @@ app.registerExtension({
   afterConfigureGraph() {
     const nodes = (app.graph?.nodes ?? []).map((n) => ({
       type: n.type, title: n.title,
-      widgets: (n.widgets ?? []).map((w) => ({ name: w.name, value: w.value, options: w.options?.values })),
+      // Newer frontends may give a combo's values as a function.
+      widgets: (n.widgets ?? []).map((w) => ({
+        name: w.name, value: w.value,
+        options: typeof w.options?.values === "function" ? w.options.values() : w.options?.values,
+      })),
     }));
     const missing = missingModels(nodes, (n) => specsByType.get(n.type));
     if (!missing.length) return;
