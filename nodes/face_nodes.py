@@ -36,7 +36,7 @@ class ConsistentIDFaceParserLoader(PackNode):
             inputs=[
                 model_input("parser_name", "face_parsing",
                             "BiSeNet weights in models/face_parsing/: face_parsing.pth from the ConsistentID "
-                            "release (always listed; a missing one is reported with its folder and download page), "
+                            "release (a missing one is flagged, with its folder and download page, when the workflow opens), "
                             "or facexlib's parsing_bisenet.pth."),
             ],
             outputs=[FaceParser.Output(display_name="face_parser")],

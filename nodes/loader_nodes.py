@@ -34,8 +34,8 @@ class ConsistentIDLoader(PackNode):
             inputs=[
                 paths.model_input("consistentid_name", "consistentid",
                                   "ConsistentID checkpoint in models/consistentid (.bin or .safetensors). Use the "
-                                  "SD1.5 file with SD1.5 models and the SDXL file with SDXL models. The release files "
-                                  "are always listed; a missing one is reported with its folder and download page."),
+                                  "SD1.5 file with SD1.5 models and the SDXL file with SDXL models. A missing release file is "
+                                  "flagged, with its folder and download page, when the workflow opens."),
             ],
             outputs=[ConsistentID.Output(display_name="consistentid")],
         )

@@ -87,7 +87,7 @@ class ConsistentIDDinoLoader(PackNode):
             inputs=[
                 model_input("dino_name", "dino",
                             f"DINO ViT-S/16 weights in models/dino/: {RELEASE_FILE} from Facebook's DINO release "
-                            "(always listed; a missing one is reported with its folder and download address)."),
+                            "(a missing one is flagged, with its folder and download address, when the workflow opens)."),
             ],
             outputs=[Dino.Output(display_name="dino")],
         )

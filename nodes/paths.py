@@ -43,7 +43,7 @@ def register_model_folders() -> None:
         folder_paths.folder_names_and_paths[name] = (paths, set(extensions))
 
 
-# folder name -> (the release's files, offered even before they are downloaded; where to download them)
+# folder name -> (the release's files, named when missing; where to download them)
 RELEASES = {
     "consistentid": ((RELEASE_FILES["sd15"], RELEASE_FILES["sdxl"]), DOWNLOAD),
     "face_parsing": (("face_parsing.pth",), DOWNLOAD),
@@ -56,17 +56,27 @@ class ModelInput(io.Combo.Input):
     """A combo of models whose selected one is looked for when the prompt is queued, so a missing file is reported
     before anything runs, with the folder it belongs in."""
 
-    def __init__(self, id: str, options: list[str], locate: Callable[[str], object], **kwargs):
+    def __init__(self, id: str, options: list[str], locate: Callable[[str], object], release_folder: str | None = None,
+                 **kwargs):
         super().__init__(id, options=options, **kwargs)
         self.locate = locate  # raises WeightFileError when the selection is not there
+        self.release_folder = release_folder  # a key of RELEASES
+
+    def as_dict(self):
+        if self.release_folder is None:
+            return super().as_dict()
+        # /object_info carries the folder and the release, so the frontend extension (web/js/missing_models.js)
+        # can say where a missing file goes and where to get it before the prompt is queued.
+        release, download = RELEASES[self.release_folder]
+        return super().as_dict() | {"consistentid_models": {"folder": self.release_folder, "release": list(release),
+                                                            "download": download}}
 
 
 def model_input(id: str, folder: str, tooltip: str) -> ModelInput:
-    """The release files of ``folder`` and the files in it. A workflow naming a release file the user has not
-    downloaded yet thus still opens, and its run says where the file goes."""
-    release, _ = RELEASES[folder]
-    options = list(dict.fromkeys([*release, *folder_paths.get_filename_list(folder)]))
-    return ModelInput(id, options, lambda name: resolve(folder, name), tooltip=tooltip)
+    """The files in ``folder``, and only those: the frontends take a listed file for present, so a workflow naming
+    a release file the user has not downloaded shows it as missing, and its run says where the file goes."""
+    options = folder_paths.get_filename_list(folder)
+    return ModelInput(id, options, lambda name: resolve(folder, name), release_folder=folder, tooltip=tooltip)
 
 
 def resolve(folder: str, name: str) -> str:

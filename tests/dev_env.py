@@ -20,6 +20,7 @@ single pytest run with those two set tests that host alone.
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -39,6 +40,10 @@ NEIGHBOURS = {"ComfyUI_IPAdapter_plus": "ComfyUI_IPAdapter_plus-*.tar.gz",
               "ComfyUI_InstantID": "ComfyUI_InstantID-*.tar.gz"}
 HOST_SNAPSHOT = re.compile(r"ComfyUI-(\d+)\.(\d+)\.(\d+)-[0-9a-f]+\.tar\.gz")
 IN_PROCESS = "tests/host_inprocess"
+BROWSER = "tests/browser"
+# The frontend the browser tests open beside the host's pinned one: the newest at the time of writing, served with
+# --front-end-root from <cache>/frontend/<version>.
+NEW_FRONTEND = "1.58.1"
 # Modules that need most memory each get a Python of their own, so that no process exceeds CI's 10 GB: those that
 # hold a full-size UNet of their own (SDXL: ~9 GB; the official-loop UNet built from its state dict: ~7 GB; SDXL with
 # InstantID: ~7.6 GB), and the IPAdapter_plus stacking (~9 GB: IPAdapter_plus's CLIP encodes keep several GB on a CPU).
@@ -82,6 +87,24 @@ def unavailable(reason: str):
 
 def cache_dir() -> Path:
     return Path(os.environ.get("CONSISTENTID_TEST_CACHE", Path.home() / ".cache" / "consistentid-tests"))
+
+
+def frontend_root(version: str) -> Path:
+    """The static files of ``comfyui-frontend-package`` ``version`` that ``setup`` installed."""
+    root = cache_dir() / "frontend" / version / "comfyui_frontend_package" / "static"
+    if not (root / "index.html").is_file():
+        raise HostNotFound(f"Frontend {version} is not installed in {root}. Run `python3 tests/dev_env.py setup` first.")
+    return root
+
+
+def _install_browser_tools() -> None:
+    """Debian's Chromium for the browser tests (never a downloaded browser), and the new frontend's files."""
+    if not shutil.which("chromium"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True)
+    target = cache_dir() / "frontend" / NEW_FRONTEND
+    if not (target / "comfyui_frontend_package" / "static" / "index.html").is_file():
+        subprocess.run([str(DEV_VENV / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--target",
+                        str(target), f"comfyui-frontend-package=={NEW_FRONTEND}"], check=True)
 
 
 def shared_dir() -> Path:
@@ -232,6 +255,7 @@ def setup() -> None:
     # open_clip_torch only for its CLIP BPE vocabulary: its dependencies would pull another torch.
     _ensure_venv(DEV_VENV, [requirements], [["-r", str(requirements)], ["--no-deps", "open_clip_torch==3.3.0"]])
     _overlay_old_insightface()
+    _install_browser_tools()
     if (shared_dir() / "host").is_dir():
         _unpack_snapshots()
     for host in hosts_under_test():
@@ -252,12 +276,12 @@ def _suites(extra: list[str]) -> list[tuple[str, str, dict[str, str], list[str]]
     grouped by host."""
     pytest = [str(DEV_VENV / "bin" / "python"), "-m", "pytest"]
     suites = [("host-free", "unit and golden tests (.venv)", {},
-               [*pytest, "--ignore=tests/host", f"--ignore={IN_PROCESS}", *extra]),
+               [*pytest, "--ignore=tests/host", f"--ignore={IN_PROCESS}", f"--ignore={BROWSER}", *extra]),
               ("host-free", f"face-ID tests with insightface {OLD_INSIGHTFACE}",
                {"CONSISTENTID_INSIGHTFACE": OLD_INSIGHTFACE},
                [str(old_insightface_venv() / "bin" / "python"), "-m", "pytest", *OLD_INSIGHTFACE_TESTS, *extra])]
     hosts = hosts_under_test()
-    for host in hosts:
+    for index, host in enumerate(hosts):
         env = {"COMFYUI_PATH": str(host.path), "COMFYUI_PYTHON": str(host.python)}
         in_host = [str(host.python), "-m", "pytest"]
         newest_only = [] if host == hosts[-1] else [f"--ignore={path}" for path in NEWEST_ONLY]
@@ -265,7 +289,9 @@ def _suites(extra: list[str]) -> list[tuple[str, str, dict[str, str], list[str]]
                     ("in-process host tests (host Python)",
                      [*in_host, IN_PROCESS, *(f"--ignore={path}" for path in OWN_PROCESS), *extra]),
                     *((f"in-process {Path(path).stem} (host Python)", [*in_host, path, *extra])
-                      for path in OWN_PROCESS)]
+                      for path in OWN_PROCESS),
+                    # once, on the floor host: its pinned frontend and NEW_FRONTEND cover the frontends users have
+                    *([("browser tests (.venv)", [*pytest, BROWSER, *extra])] if index == 0 else [])]
         suites += [(host.title, f"{host.title}: {title}", env, command) for title, command in commands]
     return suites
 

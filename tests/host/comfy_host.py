@@ -81,7 +81,8 @@ class ComfyServer:
         self.model_files = write_pack_models(self.models_dir)
         self.model_files.update(host_files)
 
-    def start(self, timeout: float = 120.0) -> None:
+    def start(self, timeout: float = 120.0, args: tuple[str, ...] = ()) -> None:
+        """Start the server; ``args`` go to ``main.py`` after the test settings (e.g. ``--front-end-root``)."""
         link(REPO, self.base_dir / "custom_nodes" / PACK_DIR_NAME)
         # The most used neighbour pack, which patches the same attention layers, loads beside this one.
         link(ipadapter_plus_path(), self.base_dir / "custom_nodes" / ipadapter_plus_path().name)
@@ -93,7 +94,7 @@ class ComfyServer:
         # on the classic node cache, which every host is told to run.
         command = [self.python, "main.py", "--cpu", "--fp16-unet", "--listen", "127.0.0.1",
                    "--port", str(self.port), "--base-directory", str(self.base_dir),
-                   "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}", *CLASSIC_CACHE_ARGS]
+                   "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}", *CLASSIC_CACHE_ARGS, *args]
         began = time.monotonic()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, cwd=self.comfyui_path, stdout=log, stderr=subprocess.STDOUT,

@@ -72,8 +72,9 @@ def test_bad_option_is_refused_when_queued(server, case):
 
 
 def test_missing_release_file_names_its_folder_and_download_page(server):
-    assert {"ConsistentID-v1.bin", "ConsistentID_SDXL-v1.bin"} <= set(
-        _options(server, "ConsistentIDLoader", "consistentid_name"))
+    # Only present files are listed (the frontends take a listed file for present); the SDXL file is not generated.
+    assert "ConsistentID-v1.bin" in _options(server, "ConsistentIDLoader", "consistentid_name")
+    assert "ConsistentID_SDXL-v1.bin" not in _options(server, "ConsistentIDLoader", "consistentid_name")
     prompt = set_inputs(tiny(server, BASIC), "ConsistentIDLoader", consistentid_name="ConsistentID_SDXL-v1.bin")
 
     message = _refused(server, prompt, "ConsistentIDLoader")
@@ -89,7 +90,7 @@ def test_missing_face_parser_names_its_folder_and_download_page(server):
     parked = server.base_dir / "face_parsing.pth.parked"
     shutil.move(folder / "face_parsing.pth", parked)
     try:
-        assert "face_parsing.pth" in _options(server, "ConsistentIDFaceParserLoader", "parser_name")
+        assert "face_parsing.pth" not in _options(server, "ConsistentIDFaceParserLoader", "parser_name")
         message = _refused(server, tiny(server, BASIC), "ConsistentIDFaceParserLoader")
     finally:
         shutil.move(parked, folder / "face_parsing.pth")

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import test from "node:test";
 
-import { mismatchLabel, scheduleMismatch, scheduleSource, scheduleUpdates } from "../../web/js/merge_sync.js";
+import {
+  isFlag, mismatchLabel, scheduleMismatch, scheduleSource, scheduleUpdates,
+} from "../../web/js/merge_sync.js";
 
 const sampler = { seed: 0, steps: 20, cfg: 5, sampler_name: "euler", scheduler: "karras", denoise: 1 };
 const merge = { merge_step: 30, steps: 50, scheduler: "normal" };
@@ -27,13 +29,25 @@ test("nothing is copied when the values agree or either node is another type", (
 });
 
 test("a setting missing on either side is no mismatch", () => {
-  assert.deepEqual(scheduleMismatch({ steps: 20 }, merge), { steps: 20 });
-  assert.deepEqual(scheduleMismatch(sampler, { merge_step: 30 }), {});
+  assert.deepEqual(scheduleMismatch([{ steps: 20 }], merge), { steps: [20] });
+  assert.deepEqual(scheduleMismatch([sampler], { merge_step: 30 }), {});
+  assert.deepEqual(scheduleMismatch([], merge), {});
 });
 
-test("the mismatch label names the sampler's value, and clears when in step", () => {
-  assert.equal(mismatchLabel("steps", 20), "steps ≠ sampler (20)");
-  assert.equal(mismatchLabel("steps", undefined), undefined);
+test("two samplers fed by one node: their shared value, or every value where they disagree", () => {
+  const other = { ...sampler, steps: 30 };
+  assert.deepEqual(scheduleMismatch([sampler, other], { ...merge, steps: 20, scheduler: "karras" }), { steps: [20, 30] });
+  assert.deepEqual(scheduleMismatch([sampler, { ...sampler }], { ...merge, steps: 20 }), { scheduler: ["karras"] });
+});
+
+test("the flag keeps the user's label, names the sampler's value or the disagreement, and clears when in step", () => {
+  assert.equal(mismatchLabel(undefined, "steps", [20]), "⚠ steps ≠ sampler (20)");
+  assert.equal(mismatchLabel("merge steps", "steps", [20]), "⚠ merge steps ≠ sampler (20)");
+  assert.equal(mismatchLabel(undefined, "steps", [20, 30]), "⚠ steps: samplers differ (20 / 30)");
+  assert.equal(mismatchLabel("merge steps", "steps", undefined), "merge steps");
+  assert.equal(mismatchLabel(undefined, "steps", undefined), undefined);
+  assert.ok(isFlag(mismatchLabel(undefined, "steps", [20])));
+  assert.ok(!isFlag("merge steps") && !isFlag(undefined));
 });
 
 test("the merge node is found through inpainting and ControlNet conditioning nodes", () => {

@@ -28,12 +28,16 @@ export function scheduleSource(sampler, upstream) {
   return null;
 }
 
-/** The synced settings whose values differ: `{name: samplerValue}`. */
-export function scheduleMismatch(samplerValues, nodeValues) {
+/**
+ * The synced settings out of step: `{name: [values]}`, the one value the samplers share where the node differs, or
+ * every value where the samplers fed by the node disagree among themselves (the node can match one run only).
+ */
+export function scheduleMismatch(samplersValues, nodeValues) {
   const out = {};
   for (const name of SYNCED) {
-    const value = samplerValues[name];
-    if (value !== undefined && name in nodeValues && nodeValues[name] !== value) out[name] = value;
+    if (!(name in nodeValues)) continue;
+    const values = [...new Set(samplersValues.map((v) => v[name]).filter((v) => v !== undefined))];
+    if (values.length > 1 || (values.length === 1 && values[0] !== nodeValues[name])) out[name] = values;
   }
   return out;
 }
@@ -44,10 +48,21 @@ export function scheduleMismatch(samplerValues, nodeValues) {
  */
 export function scheduleUpdates(samplerType, samplerValues, nodeType, nodeValues) {
   if (!SAMPLERS.has(samplerType) || !SCHEDULE_NODES.has(nodeType)) return {};
-  return scheduleMismatch(samplerValues, nodeValues);
+  return Object.fromEntries(Object.entries(scheduleMismatch([samplerValues], nodeValues)).map(([k, [v]]) => [k, v]));
 }
 
-/** Widget label that flags a setting out of step with the sampler, or `undefined` for none. */
-export function mismatchLabel(name, samplerValue) {
-  return samplerValue === undefined ? undefined : `${name} ≠ sampler (${samplerValue})`;
+const FLAG = "⚠ ";
+
+/** Whether a widget label is a mismatch flag (so never taken for the user's own label). */
+export const isFlag = (label) => typeof label === "string" && label.startsWith(FLAG);
+
+/**
+ * The label of a synced widget: the user's own label (`base`, or none) while in step, else a flag that keeps it
+ * and names the sampler's value, or the samplers' values where they disagree.
+ */
+export function mismatchLabel(base, name, values) {
+  if (!values?.length) return base;
+  const shown = base || name;
+  return values.length === 1 ? `${FLAG}${shown} ≠ sampler (${values[0]})`
+    : `${FLAG}${shown}: samplers differ (${values.join(" / ")})`;
 }
