@@ -41,7 +41,7 @@ class ConsistentIDApply(PackNode):
                                       "everywhere. Restrict the Facial Encoder's prompts to the same area with "
                                       "Conditioning (Set Mask)."),
             ],
-            outputs=[io.Model.Output(display_name="model")],
+            outputs=[io.Model.Output(display_name="model", tooltip="The patched copy of the MODEL, for the sampler.")],
         )
 
     @classmethod

@@ -39,7 +39,7 @@ class ConsistentIDFaceParserLoader(PackNode):
                             "release (a missing one is flagged, with its folder and download page, when the workflow opens), "
                             "or facexlib's parsing_bisenet.pth."),
             ],
-            outputs=[FaceParser.Output(display_name="face_parser")],
+            outputs=[FaceParser.Output(display_name="face_parser", tooltip="For ConsistentID Face Parse.")],
         )
 
     @classmethod
@@ -79,7 +79,8 @@ class ConsistentIDFaceParse(PackNode):
                                        "512 for SD1.5, 1280 for SDXL."),
             ],
             outputs=[
-                FaceRegions.Output(display_name="face_regions"),
+                FaceRegions.Output(display_name="face_regions",
+                                   tooltip="The kept regions of each photo, for Region Embed or FGIS."),
                 io.Image.Output(display_name="preview",
                                 tooltip="Face parts coloured over the photo, kept regions outlined in white."),
                 io.Mask.Output(display_name="region_masks",
@@ -124,7 +125,7 @@ class ConsistentIDRegionEmbed(PackNode):
                 io.Image.Input("image", tooltip="The same photo(s) that went into ConsistentID Face Parse."),
                 FaceRegions.Input("face_regions", tooltip="From ConsistentID Face Parse."),
             ],
-            outputs=[RegionEmbeds.Output(display_name="region_embeds")],
+            outputs=[RegionEmbeds.Output(display_name="region_embeds", tooltip="For ConsistentID Face Encode.")],
         )
 
     @classmethod

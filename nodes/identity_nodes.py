@@ -109,7 +109,7 @@ class ConsistentIDFaceEncode(PackNode):
                                        "official zero face embedding (zero), or leave that photo out of the face-ID "
                                        "tokens (skip; with no face at all only the adapter's LoRA applies)."),
             ],
-            outputs=[Identity.Output(display_name="identity"),
+            outputs=[Identity.Output(display_name="identity", tooltip="For Apply, the Facial Encoder and Save Identity."),
                      io.Image.Output(display_name="preview", tooltip="The faces found, the one used in green.")],
         )
 
@@ -226,7 +226,7 @@ class ConsistentIDLoadIdentity(PackNode):
                            tooltip="An identity file in models/consistentid_identities/, or one sent with the job "
                                    "(uploaded into the input folder's consistentid_identities/)."),
             ],
-            outputs=[Identity.Output(display_name="identity")],
+            outputs=[Identity.Output(display_name="identity", tooltip="For Apply and the Facial Encoder.")],
         )
 
     @classmethod
@@ -258,7 +258,7 @@ class ConsistentIDBlendIdentities(PackNode):
                 io.Float.Input("weight", default=0.5, min=0.0, max=1.0, step=0.05,
                                tooltip="Share of identity A (0.7 = 70 % A, 30 % B)."),
             ],
-            outputs=[Identity.Output(display_name="identity")],
+            outputs=[Identity.Output(display_name="identity", tooltip="The blend, for Apply and the Facial Encoder.")],
         )
 
     @classmethod

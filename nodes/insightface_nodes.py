@@ -132,7 +132,7 @@ class ConsistentIDInsightFaceLoader(PackNode):
                              tooltip="Face detector input size in pixels. The official SD1.5 code uses 640, "
                                      "SDXL 512."),
             ],
-            outputs=[InsightFace.Output()],
+            outputs=[InsightFace.Output(tooltip="For Face Encode and FaceSim (also IPAdapter_plus's FaceID nodes).")],
         )
 
     @classmethod

@@ -37,7 +37,8 @@ class ConsistentIDLoader(PackNode):
                                   "SD1.5 file with SD1.5 models and the SDXL file with SDXL models. A missing release file is "
                                   "flagged, with its folder and download page, when the workflow opens."),
             ],
-            outputs=[ConsistentID.Output(display_name="consistentid")],
+            outputs=[ConsistentID.Output(display_name="consistentid",
+                                          tooltip="For Face Encode, the Facial Encoder, Apply and Load Identity.")],
         )
 
     @classmethod

@@ -89,7 +89,7 @@ class ConsistentIDDinoLoader(PackNode):
                             f"DINO ViT-S/16 weights in models/dino/: {RELEASE_FILE} from Facebook's DINO release "
                             "(a missing one is flagged, with its folder and download address, when the workflow opens)."),
             ],
-            outputs=[Dino.Output(display_name="dino")],
+            outputs=[Dino.Output(display_name="dino", tooltip="For ConsistentID FGIS.")],
         )
 
     @classmethod

@@ -97,7 +97,9 @@ class ConsistentIDOfficialSampling(PackNode):
                              tooltip="Sampling steps; the official demo uses 50 (with merge_step 30). Set "
                                      "Merge Step's steps to the same value and its scheduler to 'normal'."),
             ],
-            outputs=[io.Model.Output(display_name="model"), io.Sigmas.Output(display_name="sigmas")],
+            outputs=[io.Model.Output(display_name="model", tooltip="For SamplerCustom's model."),
+                     io.Sigmas.Output(display_name="sigmas", tooltip="The official schedule, for SamplerCustom's "
+                                                                 "sigmas.")],
         )
 
     @classmethod

@@ -23,8 +23,8 @@ EXAMPLES_DIR = REPO / "example_workflows"
 
 # An example for the nodes that no example workflow holds.
 USES = {
-    "ConsistentIDSaveIdentity": "Connect Face Encode's `identity` and set `filename` to `alice`: the run writes "
-                                "`models/consistentid_identities/alice.safetensors`, which Load Identity lists "
+    "ConsistentIDSaveIdentity": "Connect Face Encode's `identity` and set `filename_prefix` to `alice`: the run writes "
+                                "`models/consistentid_identities/alice_00001_.safetensors`, which Load Identity lists "
                                 "after pressing `r`, so later workflows skip the photos and the face analysis.",
     "ConsistentIDLoadIdentity": "In the basic example, replace Face Encode with Load Identity (the same adapter "
                                 "Loader connected, `identity` set to a file Save Identity wrote) and connect its "
@@ -34,9 +34,10 @@ USES = {
                                    "and the Facial Encoder: a face between the two.",
     "ConsistentIDMergeStepScheduler": "Kept so that workflows made with it still open and give the same image; "
                                       "new workflows use ConsistentID Merge Step, as every example does.",
-    "ConsistentIDOfficialSampling": "Put it between Apply's MODEL and the KSampler's `model` in the basic "
-                                    "example, with the KSampler on `euler_ancestral`: the sampler then follows "
-                                    "the official pipeline's schedule step by step.",
+    "ConsistentIDOfficialSampling": "In the basic example, replace the KSampler with SamplerCustom: connect "
+                                    "this node after Apply, its `model` and `sigmas` to SamplerCustom, and "
+                                    "KSamplerSelect `euler` as its sampler (Merge Step: its steps, scheduler "
+                                    "`normal`): the run then follows the official demo's trajectory step by step.",
     "ConsistentIDFaceSim": "Connect the sampler's decoded IMAGE as `images`, the reference photo as `reference` "
                            "and the InsightFace loader's pack: it shows one ArcFace cosine similarity per image "
                            "(the README's FaceSim figures) and outputs them as a list.",
