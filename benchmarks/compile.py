@@ -57,7 +57,7 @@ def _pack_module(name: str):
     return sys.modules[f"{package}.{name}"]
 
 
-def _start(comfyui: Path, cuda: bool):
+def _start(comfyui: Path, base_dir: Path, cuda: bool):
     """The host with the pack loaded, its attention PyTorch's SDPA as on a GPU host: a CPU host's default
     sub-quadratic attention asks psutil for the free memory in every call, which breaks the graph 33 times."""
     from benchmarks.host_session import start_host
@@ -66,14 +66,19 @@ def _start(comfyui: Path, cuda: bool):
     from comfy.cli_args import args
 
     args.use_pytorch_cross_attention = True
-    start_host(comfyui, Path(tempfile.mkdtemp(prefix="consistentid-compile-")), REPO, cpu=not cuda)
+    start_host(comfyui, base_dir, REPO, cpu=not cuda)
 
 
 def run(comfyui: Path, latent_hw: tuple[int, int], steps: int, rounds: int, backend: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="consistentid-compile-") as base_dir:
+        return _run(comfyui, Path(base_dir), latent_hw, steps, rounds, backend)
+
+
+def _run(comfyui: Path, base_dir: Path, latent_hw: tuple[int, int], steps: int, rounds: int, backend: str) -> dict:
     import torch
 
     cuda = torch.cuda.is_available()
-    _start(comfyui, cuda)
+    _start(comfyui, base_dir, cuda)
     import comfy.sample
     import comfy.sd
     from comfy_extras.nodes_torch_compile import TorchCompileModel
@@ -84,7 +89,7 @@ def run(comfyui: Path, latent_hw: tuple[int, int], steps: int, rounds: int, back
     checkpoint, unet_patch = _pack_module("consistentid_core.checkpoint"), _pack_module("nodes.unet_patch")
     files = cached_host_models(None, comfyui)
     began = time.perf_counter()
-    adapter = consistentid.write_checkpoints(Path(tempfile.mkdtemp(prefix="consistentid-weights-")))
+    adapter = consistentid.write_checkpoints(base_dir / "models")
     generate_s = time.perf_counter() - began
     base = comfy.sd.load_checkpoint_guess_config(str(files["sd15_checkpoint"]), output_vae=False,
                                                  output_clip=False)[0]

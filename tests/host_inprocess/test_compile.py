@@ -8,6 +8,13 @@ dynamo traces after that forward, with the reason dynamo's ``recompiles`` log gi
 The UNet's attention is PyTorch's SDPA, as on a GPU host (``--use-pytorch-cross-attention`` on a CPU): a CPU host's
 default sub-quadratic attention asks psutil for the free memory in every attention call, an ``open`` that dynamo
 cannot trace, so the plain UNet alone would break 33 times per forward.
+
+Counts on 0.3.64 and 0.28.0 alike (8x8 latent, 2-step euler runs with CFG): plain, Apply, Apply with mask,
+start/end, two Applies with two masks: 1 graph, 0 breaks, 0 recompiles over the steps, 0 recompiles and 0 new graphs
+when identity, weight, mask values, range and prompt change, compiled = eager exactly (the counting backend runs the
+traced aten ops in eager's order). Before the branch made its per-step decisions with tensor ops, start/end compiled
+to a graph without the branch on 0.28.0 (whose TorchCompileModel drops the guards on ``transformer_options``), so
+compiled and eager differed by 12.45.
 """
 import logging
 
