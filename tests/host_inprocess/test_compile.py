@@ -15,6 +15,10 @@ when identity, weight, mask values, range and prompt change, compiled = eager ex
 traced aten ops in eager's order). Before the branch made its per-step decisions with tensor ops, start/end compiled
 to a graph without the branch on 0.28.0 (whose TorchCompileModel drops the guards on ``transformer_options``), so
 compiled and eager differed by 12.45.
+
+IPAdapter_plus stacked is not tested here: IPAdapter_plus alone under TorchCompileModel on 0.28.0 already breaks the
+graph 11 times (its ``Attn2Replace`` reads the sigma with ``.item()``), recompiles 41 times over a 2-step run (the
+resumed frames see each block's shapes) and differs from eager by 114, so it gives no baseline to hold ours to.
 """
 import logging
 
