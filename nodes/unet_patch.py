@@ -63,6 +63,10 @@ class FaceIDAttention:
         self.mask = mask
         self._layouts: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._masks: dict[tuple, torch.Tensor] = {}
+        # Under torch.compile: the weight and the sigma range as a tensor, so that a graph reads them as inputs
+        # rather than baking them in as constants (see _traced_gate).
+        highest, lowest = sigma_range if sigma_range is not None else (math.inf, -math.inf)
+        self._gate_values = torch.tensor([weight, highest, lowest])
 
     def add(self, callback, **kwargs) -> None:
         """Another pack's attention branch, stacked the way IPAdapter_plus's ``Attn2Replace.add`` stacks them:
@@ -83,57 +87,88 @@ class FaceIDAttention:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         heads = extra_options["n_heads"]
+        # torch.compile traces a graph once and replays it: Python-side decisions (the sigma range, the other
+        # packs' sigma ranges) and cache fills would be baked in or force a recompile, so a traced call decides
+        # them with tensor ops and builds its per-layout tensors in the graph.
+        traced = torch.compiler.is_compiling()
         if self.previous is not None:
             out = self.previous(q, k, v, extra_options)
         else:
             out = optimized_attention(q, k, v, heads, attn_precision=extra_options.get("attn_precision"),
                                       transformer_options=extra_options)
         if self.added:
-            out = self._add_stacked(out, q, k, v, extra_options)
-        if self.sigma_range is not None and not self._in_range(extra_options):
+            out = self._add_stacked(out, q, k, v, extra_options, traced)
+        if not traced and self.sigma_range is not None and not self._in_range(extra_options):
             return out
         b, n, inner = q.shape
         chunks = extra_options.get("cond_or_uncond", [0])
-        k_ip, v_ip = self._batched(q, heads, chunks)
+        k_ip, v_ip = self._batched(q, heads, chunks, traced)
         ip = torch.nn.functional.scaled_dot_product_attention(q.view(b, n, heads, inner // heads).transpose(1, 2),
                                                               k_ip, v_ip).transpose(1, 2)
         # In out's own [B, N, heads, d] layout, so the sum needs no copy back.
         out = out.view(b, n, heads, -1)
-        if self.mask is None:
+        mask = None if self.mask is None else self._token_mask(q, len(chunks), extra_options["original_shape"], traced)
+        if traced:
+            gate = self._traced_gate(q, extra_options)
+            # In eager's order of products (weight · ip, then · mask), so both give the same numbers.
+            return (torch.addcmul(out, ip, gate) if mask is None else torch.addcmul(out, ip * gate, mask)
+                    ).view(b, n, inner)
+        if mask is None:
             return torch.add(out, ip, alpha=self.weight).view(b, n, inner)
-        mask = self._token_mask(q, len(chunks), extra_options["original_shape"])
         return torch.addcmul(out, ip, mask, value=self.weight).view(b, n, inner)
 
     def _in_range(self, extra_options: dict) -> bool:
         return self.sigma_range[1] <= _sigma(extra_options) <= self.sigma_range[0]
 
-    def _add_stacked(self, out, q, k, v, extra_options):
+    def _traced_gate(self, q: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        """The branch's factor in a compiled graph: the weight while the evaluation's sigma lies in the range,
+        else 0, from tensors; the branch is then computed at every step (two small SDPAs over 4 tokens per layer)."""
+        weight, highest, lowest = self._gate_values.to(q.device)
+        if "sigmas" not in extra_options:
+            return weight.to(q.dtype)
+        sigma = extra_options["sigmas"].max().to(q.device)
+        return (weight * ((sigma <= highest) & (sigma >= lowest))).to(q.dtype)
+
+    def _add_stacked(self, out, q, k, v, extra_options, traced: bool):
         sigma = None
         for callback, kwargs in self.added:
-            if "sigma_start" in kwargs:
-                sigma = _sigma(extra_options) if sigma is None else sigma
-                if not kwargs["sigma_end"] <= sigma <= kwargs["sigma_start"]:
-                    continue
-            out = out + callback(out, q, k, v, extra_options, **kwargs)
+            if "sigma_start" not in kwargs:
+                out = out + callback(out, q, k, v, extra_options, **kwargs)
+                continue
+            if sigma is None:
+                # Traced: a tensor, so the graph decides at each step instead of keeping the first step's decision.
+                sigma = extra_options["sigmas"].max() if traced and "sigmas" in extra_options else _sigma(extra_options)
+            active = (sigma <= kwargs["sigma_start"]) & (sigma >= kwargs["sigma_end"])
+            if traced:
+                branch = callback(out, q, k, v, extra_options, **kwargs)
+                out = out + branch * torch.as_tensor(active, device=out.device, dtype=out.dtype)
+            elif active:
+                out = out + callback(out, q, k, v, extra_options, **kwargs)
         return out.to(q.dtype)
 
-    def _batched(self, q: torch.Tensor, heads: int, chunks: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batched(self, q: torch.Tensor, heads: int, chunks: list[int], traced: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(k_ip, v_ip)`` ``[B, heads, T, d]`` for this batch layout in q's dtype and device, built once per
-        layout: a sampling run repeats a handful of layouts, so steps only look them up."""
+        layout: a sampling run repeats a handful of layouts, so steps only look them up (a traced call builds
+        them in its graph)."""
         rows = q.shape[0] // len(chunks)
         key = (tuple(chunks), rows, q.dtype, q.device)
-        if key not in self._layouts:
+        if traced or key not in self._layouts:
             # 0 is the positive prompt; negatives and any further guider conds get the negative ID tokens.
             index = torch.tensor([min(c, 1) for c in chunks for _ in range(rows)])
-            self._layouts[key] = tuple(t[index].to(q) for t in self.kv)
+            layout = tuple(t[index].to(q) for t in self.kv)
+            if traced:
+                return layout
+            self._layouts[key] = layout
         return self._layouts[key]
 
-    def _token_mask(self, q: torch.Tensor, chunks: int, latent_shape: list[int]) -> torch.Tensor:
+    def _token_mask(self, q: torch.Tensor, chunks: int, latent_shape: list[int], traced: bool = False
+                    ) -> torch.Tensor:
         """The mask per token ``[B, N, 1, 1]`` in q's dtype and device, built once per grid and batch layout;
         a single mask serves every latent of the batch, else mask i goes to latent i of each chunk."""
         rows = q.shape[0] // chunks
         key = (q.shape[1], *latent_shape[-2:], chunks, rows, q.dtype, q.device)
-        if key not in self._masks:
+        if traced or key not in self._masks:
             # "area": the mean over each token's cell, so a hard mask stays 0/1 where a cell lies on one side.
             masks = torch.nn.functional.interpolate(self.mask[:, None], _token_grid(latent_shape, q.shape[1]),
                                                     mode="area").flatten(1)
@@ -141,7 +176,10 @@ class FaceIDAttention:
                 raise ConsistentIDError(
                     f"The face-ID mask holds {masks.shape[0]} masks for a batch of {rows} latents.",
                     "Give one mask for all latents, or one mask per latent of the batch.")
-            self._masks[key] = masks.expand(rows, -1).repeat(chunks, 1)[..., None, None].to(q)
+            mask = masks.expand(rows, -1).repeat(chunks, 1)[..., None, None].to(q)
+            if traced:
+                return mask
+            self._masks[key] = mask
         return self._masks[key]
 
 

@@ -46,9 +46,11 @@ BROWSER = "tests/browser"
 NEW_FRONTEND = "1.58.1"
 # Modules that need most memory each get a Python of their own, so that no process exceeds CI's 10 GB: those that
 # hold a full-size UNet of their own (SDXL: ~9 GB; the official-loop UNet built from its state dict: ~7 GB; SDXL with
-# InstantID: ~7.6 GB), and the IPAdapter_plus stacking (~9 GB: IPAdapter_plus's CLIP encodes keep several GB on a CPU).
+# InstantID: ~7.6 GB), the IPAdapter_plus stacking (~9 GB: IPAdapter_plus's CLIP encodes keep several GB on a CPU), and
+# the torch.compile tests (~5.9 GB; their dynamo state and attention choice stay out of the other modules).
 OWN_PROCESS = ["tests/host_inprocess/test_sdxl.py", "tests/host_inprocess/test_official_sampling.py",
-               "tests/host_inprocess/test_with_ipadapter.py", "tests/host_inprocess/test_with_instantid.py"]
+               "tests/host_inprocess/test_with_ipadapter.py", "tests/host_inprocess/test_with_instantid.py",
+               "tests/host_inprocess/test_compile.py"]
 
 
 # Server tests run on the newest host only: the batch client's two servers at once take both memory slots and
