@@ -54,8 +54,9 @@ OWN_PROCESS = ["tests/host_inprocess/test_sdxl.py", "tests/host_inprocess/test_o
 
 
 # Server tests run on the newest host only: the batch client's two servers at once take both memory slots and
-# test the client, which is the same on every host.
-NEWEST_ONLY = ["tests/host/test_batch_client.py"]
+# test the client, which is the same on every host; the compile benchmark's dry run checks the command, while the
+# compile tests themselves run on every host.
+NEWEST_ONLY = ["tests/host/test_batch_client.py", "tests/host/test_compile_benchmark.py"]
 
 
 class HostNotFound(RuntimeError):
