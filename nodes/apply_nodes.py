@@ -2,7 +2,7 @@
 from comfy_api.latest import io
 
 from ..consistentid_core.identity import check_adapter
-from .common import PackNode, node_schema, warn
+from .common import PackNode, node_label, node_schema, warn
 from .merge_step import NODES as MERGE_NODES
 from .official_sampling import NODES as OFFICIAL_NODES
 from .types import ConsistentID, Identity
@@ -57,7 +57,7 @@ class ConsistentIDApply(PackNode):
                  "Use a clear, well-lit frontal photo of one face, or set Face Encode's on_no_face to 'error'.")
             weight = 0.0
         patched = apply_to_model(model, consistentid.weights, tokens, identity.uncond_tokens, weight, start_at,
-                                 end_at, lora_strength, mask)
+                                 end_at, lora_strength, mask, node_label(cls))
         return io.NodeOutput(patched)
 
 

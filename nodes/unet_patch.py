@@ -52,8 +52,10 @@ class FaceIDAttention:
     """
 
     def __init__(self, kv: tuple[torch.Tensor, torch.Tensor], weight: float,
-                 sigma_range: tuple[float, float] | None, previous=None, mask: torch.Tensor | None = None):
+                 sigma_range: tuple[float, float] | None, previous=None, mask: torch.Tensor | None = None,
+                 node: str | None = None):
         self.kv = kv
+        self.node = node  # the Apply node, named in an error raised while sampling
         self.weight = weight
         self.sigma_range = sigma_range
         # What the host would have called here without us (another pack's replacement): it computes the text
@@ -162,6 +164,12 @@ class FaceIDAttention:
             self._layouts[key] = layout
         return self._layouts[key]
 
+    def _grid(self, latent_shape: list[int], tokens: int) -> tuple[int, int]:
+        try:
+            return _token_grid(latent_shape, tokens)
+        except ConsistentIDError as err:
+            raise err.attach_node(self.node) if self.node else err
+
     def _token_mask(self, q: torch.Tensor, chunks: int, latent_shape: list[int], traced: bool = False
                     ) -> torch.Tensor:
         """The mask per token ``[B, N, 1, 1]`` in q's dtype and device, built once per grid and batch layout;
@@ -170,12 +178,12 @@ class FaceIDAttention:
         key = (q.shape[1], *latent_shape[-2:], chunks, rows, q.dtype, q.device)
         if traced or key not in self._masks:
             # "area": the mean over each token's cell, so a hard mask stays 0/1 where a cell lies on one side.
-            masks = torch.nn.functional.interpolate(self.mask[:, None], _token_grid(latent_shape, q.shape[1]),
+            masks = torch.nn.functional.interpolate(self.mask[:, None], self._grid(latent_shape, q.shape[1]),
                                                     mode="area").flatten(1)
             if masks.shape[0] not in (1, rows):
                 raise ConsistentIDError(
                     f"The face-ID mask holds {masks.shape[0]} masks for a batch of {rows} latents.",
-                    "Give one mask for all latents, or one mask per latent of the batch.")
+                    "Give one mask for all latents, or one mask per latent of the batch.", self.node)
             mask = masks.expand(rows, -1).repeat(chunks, 1)[..., None, None].to(q)
             if traced:
                 return mask
@@ -268,7 +276,7 @@ def _merge_lora(patched, weights: ConsistentIDWeights, lora_strength: float) -> 
 
 def apply_to_model(model, weights: ConsistentIDWeights, cond_tokens: torch.Tensor, uncond_tokens: torch.Tensor,
                    weight: float = 1.0, start_at: float = 0.0, end_at: float = 1.0, lora_strength: float = 1.0,
-                   mask: torch.Tensor | None = None):
+                   mask: torch.Tensor | None = None, node: str | None = None):
     """A clone of ``model`` (a ModelPatcher) with the adapter's LoRA merged and the face-ID attention on.
 
     ``cond_tokens`` ``[n, 4, c]``: the ID tokens of n reference images, attended to together (one softmax);
@@ -310,7 +318,8 @@ def apply_to_model(model, weights: ConsistentIDWeights, cond_tokens: torch.Tenso
         key = (*p.block, p.transformer_index)
         heads = patched.get_model_object(f"diffusion_model.{p.ldm_module}").heads
         previous = replaced.get(key, replaced.get(p.block))
-        patch = FaceIDAttention(_id_kv(tokens, uncond, *id_weights[key], heads), weight, sigma_range, previous, mask)
+        patch = FaceIDAttention(_id_kv(tokens, uncond, *id_weights[key], heads), weight, sigma_range, previous, mask,
+                                node)
         patched.set_model_attn2_replace(patch, *key)
         if transformers_in_block[p.block] == 1:
             patched.set_model_attn2_replace(patch, *p.block)

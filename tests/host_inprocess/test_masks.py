@@ -102,6 +102,17 @@ def test_unusable_masks_are_refused(host, pack, base):
     assert "Fix: Connect a MASK output" in str(refused.value)
 
 
+def test_a_mask_batch_that_fits_no_latent_batch_is_reported_during_sampling_with_applys_name(host, pack, base):
+    patched = pack.unet_patch.apply_to_model(base, _weights(pack), *IDENTITY_A, mask=_half("left", batch=3),
+                                             node="ConsistentID Apply")
+    with pytest.raises(pack.errors.ConsistentIDError) as refused:
+        latent = torch.zeros(2, 4, 16, 16)
+        host.sample.sample(patched, host.sample.prepare_noise(latent, 0), 1, 5.0, "euler", "normal", _cond(TEXT),
+                           _cond(NEGATIVE), latent)
+    assert str(refused.value).startswith(
+        "[ConsistentID · ConsistentID Apply] The face-ID mask holds 3 masks for a batch of 2 latents.")
+
+
 # ---------------------------------------------------------------------------------------------- sampling
 
 def test_without_a_mask_the_sampled_latent_is_bitwise_the_unmasked_one(host, pack, base):
