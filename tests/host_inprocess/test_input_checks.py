@@ -7,8 +7,9 @@ import pytest
 import torch
 from model_files import models  # noqa: F401  (fixture)
 
+# apply_nodes lists the merge-step and official-sampling nodes too.
 MODULES = ("loader_nodes", "insightface_nodes", "face_nodes", "identity_nodes", "encoder_nodes", "apply_nodes",
-           "merge_step", "official_sampling", "simple_node", "metrics_nodes")
+           "simple_node", "metrics_nodes")
 
 
 def _nodes(pack):
