@@ -5,6 +5,7 @@ under one ``--base-directory``, so the ComfyUI checkout itself stays untouched.
 """
 import json
 import os
+import tempfile
 import socket
 import subprocess
 import threading
@@ -12,10 +13,11 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import websocket
-from dev_env import ipadapter_plus_path
+from dev_env import comfyui_path, host_python, ipadapter_plus_path
 from host_facts import CLASSIC_CACHE_ARGS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,6 +57,19 @@ def write_pack_models(models_dir: Path) -> dict[str, Path]:
 def link(target: Path, link_path: Path) -> None:
     link_path.parent.mkdir(parents=True, exist_ok=True)
     link_path.symlink_to(target)
+
+
+@contextmanager
+def scratch_server():
+    """A started ComfyServer of the host ``tests/dev_env.py`` finds, in a temporary base directory: what the
+    generator scripts read the nodes from."""
+    with tempfile.TemporaryDirectory() as base:
+        server = ComfyServer(comfyui_path(), str(host_python()), base)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 class ComfyServer:

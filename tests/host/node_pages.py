@@ -142,17 +142,10 @@ def write_files(pack_nodes: dict) -> list[Path]:
 
 if __name__ == "__main__":
     import sys
-    import tempfile
 
     sys.path.insert(0, str(REPO / "tests"))
-    from comfy_host import ComfyServer
-    from dev_env import comfyui_path, host_python
+    from comfy_host import scratch_server
 
-    with tempfile.TemporaryDirectory() as base:
-        server = ComfyServer(comfyui_path(), str(host_python()), base)
-        server.start()
-        try:
-            for path in write_files(server.pack_nodes()):
-                print(path.relative_to(REPO))
-        finally:
-            server.stop()
+    with scratch_server() as server:
+        for path in write_files(server.pack_nodes()):
+            print(path.relative_to(REPO))

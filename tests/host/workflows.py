@@ -647,22 +647,16 @@ def write_files(object_info: dict) -> list[Path]:
 
 if __name__ == "__main__":
     import sys
-    import tempfile
 
     sys.path.insert(0, str(REPO / "tests"))
-    from comfy_host import ComfyServer
-    from dev_env import FLOOR, comfyui_path, host_python
+    from comfy_host import scratch_server
+    from dev_env import FLOOR
 
-    with tempfile.TemporaryDirectory() as base:
-        server = ComfyServer(comfyui_path(), str(host_python()), base)
-        server.start()
-        try:
-            object_info = server.object_info()
-            if server.version() == FLOOR:
-                stored = {"comfyui_version": FLOOR, "nodes": stock_interfaces(object_info)}
-                FLOOR_STOCK_NODES.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
-                print(FLOOR_STOCK_NODES.relative_to(REPO))
-            for path in write_files(floor_interfaces(object_info)):
-                print(path.relative_to(REPO))
-        finally:
-            server.stop()
+    with scratch_server() as server:
+        object_info = server.object_info()
+        if server.version() == FLOOR:
+            stored = {"comfyui_version": FLOOR, "nodes": stock_interfaces(object_info)}
+            FLOOR_STOCK_NODES.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
+            print(FLOOR_STOCK_NODES.relative_to(REPO))
+        for path in write_files(floor_interfaces(object_info)):
+            print(path.relative_to(REPO))
